@@ -1,0 +1,72 @@
+"""Statistics and the normalize step shared by every normalization, from basic ops."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from core import _checks
+
+
+def moments(x: tf.Tensor, axes: Sequence[int], keepdims: bool = False
+            ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean and biased variance of `x` over `axes`: the corrected two-pass algorithm.
+
+        m0       = sum(x) / n                        first pass
+        d        = x - m0;  c = sum(d) / n           second pass (c is m0's rounding error)
+        mean     = m0 + c
+        variance = sum(d^2) / n - c^2               (biased: divides by n, not n - 1)
+
+    Not the one-pass E[x^2] - E[x]^2: in float32 that loses the variance entirely once
+    |mean| / std reaches ~1e3 (catastrophic cancellation), and x + 1e4 is an ordinary input
+    (unnormalized pixels, a drifting feature). The correction c (Chan, Golub & LeVeque 1983)
+    removes the error the rounded m0 would otherwise add (m0's error squared: 1e-4 relative at
+    an offset of 1e4 in float32).
+
+    Args:
+        x: float16, bfloat16, float32 or float64 tensor.
+        axes: the axes to reduce, non-negative.
+        keepdims: keep the reduced axes with size 1.
+
+    Returns:
+        (mean, variance), in float64 for float64 input and float32 otherwise.
+    """
+    x = tf.cast(x, _checks.stats_dtype(x.dtype))
+    m0 = tf.reduce_mean(x, axis=axes, keepdims=True)
+    d = x - m0
+    c = tf.reduce_mean(d, axis=axes, keepdims=True)
+    mean = m0 + c
+    variance = tf.maximum(tf.reduce_mean(tf.square(d), axis=axes, keepdims=True) - tf.square(c),
+                          tf.zeros([], x.dtype))
+    if not keepdims:
+        mean = tf.squeeze(mean, axis=axes)
+        variance = tf.squeeze(variance, axis=axes)
+    return mean, variance
+
+
+def normalize(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor,
+              gamma: tf.Tensor | None, beta: tf.Tensor | None, eps: float) -> tf.Tensor:
+    """Computes `(x - mean) * rsqrt(variance + eps) * gamma + beta` in the statistics' dtype.
+
+    eps sits inside the square root, as in every built-in. `x - mean` is formed before scaling
+    (not `x * scale + (beta - mean * scale)`), so a large common offset cancels exactly instead
+    of leaving a rounding error of |mean| * 2^-24 in the output.
+
+    Args:
+        x: the input; cast to the dtype of `mean` for the arithmetic.
+        mean, variance: broadcastable to `x`.
+        gamma, beta: broadcastable to `x`, or None for no scale / no offset.
+        eps: > 0.
+
+    Returns:
+        The normalized tensor in `x`'s dtype.
+    """
+    dtype = mean.dtype
+    scale = tf.math.rsqrt(variance + tf.constant(eps, dtype))
+    if gamma is not None:
+        scale = scale * tf.cast(gamma, dtype)
+    y = (tf.cast(x, dtype) - mean) * scale
+    if beta is not None:
+        y = y + tf.cast(beta, dtype)
+    return tf.cast(y, x.dtype)
