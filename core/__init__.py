@@ -1,13 +1,26 @@
 """normlab's core: normalization as pure functions of tensors, from basic TensorFlow ops."""
 
-from core.batch_norm import (batch_norm, batch_norm_and_moments, batch_norm_inference,
-                             moving_average_update)
+from core.batch_norm import (
+    batch_norm,
+    batch_norm_and_moments,
+    batch_norm_inference,
+    moving_average_update,
+)
 from core.layer_norm import group_norm, layer_norm, rms_norm
 from core.stats import moments, normalize
 from core.weight_norm import data_dependent_init, kernel_norm, weight_norm
 
 __all__ = [
-    "batch_norm", "batch_norm_and_moments", "batch_norm_inference", "moving_average_update",
-    "layer_norm", "group_norm", "rms_norm", "weight_norm", "kernel_norm",
-    "data_dependent_init", "moments", "normalize",
+    "batch_norm",
+    "batch_norm_and_moments",
+    "batch_norm_inference",
+    "moving_average_update",
+    "layer_norm",
+    "group_norm",
+    "rms_norm",
+    "weight_norm",
+    "kernel_norm",
+    "data_dependent_init",
+    "moments",
+    "normalize",
 ]

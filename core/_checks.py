@@ -34,22 +34,28 @@ def as_float_tensor(value: Any, name: str, min_rank: int = 0) -> tf.Tensor:
         if array.dtype.kind != "f":
             raise TypeError(
                 f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
-                f"float64), got {array.dtype}. Cast it first, e.g. tf.cast({name}, tf.float32).")
+                f"float64), got {array.dtype}. Cast it first, e.g. tf.cast({name}, tf.float32)."
+            )
         dtype = tf.as_dtype(array.dtype)
         value = array
     if dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
-            f"got {dtype.name}. Cast it first, e.g. tf.cast({name}, tf.float32).")
+            f"got {dtype.name}. Cast it first, e.g. tf.cast({name}, tf.float32)."
+        )
     tensor = tf.convert_to_tensor(value)
     rank = tensor.shape.rank
     if rank is None:
-        raise ValueError(f"{name} must have a known rank; give the tf.function an input_signature "
-                         "with a fixed number of dimensions.")
+        raise ValueError(
+            f"{name} must have a known rank; give the tf.function an input_signature "
+            "with a fixed number of dimensions."
+        )
     if rank < min_rank:
-        raise ValueError(f"{name} must have rank >= {min_rank}, got shape {tensor.shape}. "
-                         f"Normalization needs a batch axis and a channel axis, e.g. [N, C] or "
-                         f"[N, H, W, C].")
+        raise ValueError(
+            f"{name} must have rank >= {min_rank}, got shape {tensor.shape}. "
+            f"Normalization needs a batch axis and a channel axis, e.g. [N, C] or "
+            f"[N, H, W, C]."
+        )
     return tensor
 
 
@@ -59,8 +65,10 @@ def check_eps(eps: Any, name: str = "eps") -> float:
         raise ValueError(f"{name} must be a positive Python number, got {eps!r}.")
     eps = float(eps)
     if not np.isfinite(eps) or eps <= 0.0:
-        raise ValueError(f"{name} must be > 0 (it keeps the division finite when the variance is "
-                         f"0), got {eps!r}. Typical values: 1e-3 (Keras), 1e-5 (PyTorch).")
+        raise ValueError(
+            f"{name} must be > 0 (it keeps the division finite when the variance is "
+            f"0), got {eps!r}. Typical values: 1e-3 (Keras), 1e-5 (PyTorch)."
+        )
     return eps
 
 

@@ -18,8 +18,9 @@ def _checked(x, gamma, beta, eps, name="x"):
     return x, gamma, beta, _checks.check_eps(eps)
 
 
-def batch_norm_and_moments(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: float = 1e-3
-                           ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def batch_norm_and_moments(
+    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: float = 1e-3
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Training-mode batch norm that also returns the batch statistics it used.
 
     Reduces over every axis but the last (the channel axis): axes (0,) for [N, C], (0, 1, 2)
@@ -51,7 +52,8 @@ def batch_norm_and_moments(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps:
         raise ValueError(
             f"batch_norm got x of shape {x.shape.as_list()}: one value per channel, so the batch "
             "variance is 0 and the output would be beta whatever x is. Use a batch of at least "
-            "2 examples, or layer_norm / group_norm, which do not depend on the batch.")
+            "2 examples, or layer_norm / group_norm, which do not depend on the batch."
+        )
     axes = list(range(x.shape.rank - 1))
     mean, variance = moments(x, axes)
     return normalize(x, mean, variance, gamma, beta, eps), mean, variance
@@ -66,8 +68,14 @@ def batch_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: float = 1e-
     return batch_norm_and_moments(x, gamma, beta, eps)[0]
 
 
-def batch_norm_inference(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor, gamma: tf.Tensor,
-                         beta: tf.Tensor, eps: float = 1e-3) -> tf.Tensor:
+def batch_norm_inference(
+    x: tf.Tensor,
+    mean: tf.Tensor,
+    variance: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    eps: float = 1e-3,
+) -> tf.Tensor:
     """Inference-mode batch norm with given (moving) statistics.
 
         y = (x - mean) * rsqrt(variance + eps) * gamma + beta
@@ -91,8 +99,7 @@ def batch_norm_inference(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor, gam
     return normalize(x, tf.cast(mean, dtype), tf.cast(variance, dtype), gamma, beta, eps)
 
 
-def moving_average_update(moving: tf.Tensor, batch_value: tf.Tensor, momentum: float
-                          ) -> tf.Tensor:
+def moving_average_update(moving: tf.Tensor, batch_value: tf.Tensor, momentum: float) -> tf.Tensor:
     """The new moving statistic: `moving * momentum + batch_value * (1 - momentum)`.
 
     Keras' convention (momentum 0.99 keeps 99% of the old value); PyTorch's `momentum=0.1`
@@ -102,8 +109,10 @@ def moving_average_update(moving: tf.Tensor, batch_value: tf.Tensor, momentum: f
         ValueError: momentum outside [0, 1).
     """
     if isinstance(momentum, bool) or not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(f"momentum must be in [0, 1) (0.99 keeps 99% of the moving value at "
-                         f"each step), got {momentum!r}.")
+        raise ValueError(
+            f"momentum must be in [0, 1) (0.99 keeps 99% of the moving value at "
+            f"each step), got {momentum!r}."
+        )
     moving = tf.convert_to_tensor(moving)
     batch_value = tf.cast(batch_value, moving.dtype)
     return moving * momentum + batch_value * (1.0 - momentum)

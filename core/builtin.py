@@ -43,8 +43,9 @@ def batch_norm_and_moments_nn(x, gamma, beta, eps=1e-3):
     dtype = _compute_dtype(x)
     xc = tf.cast(x, dtype)
     mean, variance = tf.nn.moments(xc, axes=list(range(x.shape.rank - 1)))
-    y = tf.nn.batch_normalization(xc, mean, variance, tf.cast(beta, dtype), tf.cast(gamma, dtype),
-                                  eps)
+    y = tf.nn.batch_normalization(
+        xc, mean, variance, tf.cast(beta, dtype), tf.cast(gamma, dtype), eps
+    )
     return tf.cast(y, x.dtype), mean, variance
 
 
@@ -71,8 +72,12 @@ def fused_batch_norm_and_moments(x, gamma, beta, eps=1e-3):
     if x.dtype == tf.float64:
         raise TypeError("fused_batch_norm does not support float64; use batch_norm_nn.")
     y, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
-        _as_nhwc(x), tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32), epsilon=eps,
-        is_training=True)
+        _as_nhwc(x),
+        tf.cast(gamma, tf.float32),
+        tf.cast(beta, tf.float32),
+        epsilon=eps,
+        is_training=True,
+    )
     n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
     return tf.reshape(y, tf.shape(x)), mean, unbiased * (n - 1.0) / n
 
@@ -86,9 +91,14 @@ def batch_norm_inference_nn(x, mean, variance, gamma, beta, eps=1e-3):
     """Inference-mode batch norm by `tf.nn.batch_normalization` with given statistics."""
     x = _checks.as_float_tensor(x, "x", min_rank=2)
     dtype = _compute_dtype(x)
-    y = tf.nn.batch_normalization(tf.cast(x, dtype), tf.cast(mean, dtype),
-                                  tf.cast(variance, dtype), tf.cast(beta, dtype),
-                                  tf.cast(gamma, dtype), eps)
+    y = tf.nn.batch_normalization(
+        tf.cast(x, dtype),
+        tf.cast(mean, dtype),
+        tf.cast(variance, dtype),
+        tf.cast(beta, dtype),
+        tf.cast(gamma, dtype),
+        eps,
+    )
     return tf.cast(y, x.dtype)
 
 
@@ -112,8 +122,10 @@ def _keras_call(kind: str, x, weights, **config):
     x = _checks.as_float_tensor(x, "x", min_rank=2)
     dtype = _compute_dtype(x)
     layer = _keras_layer(kind, _static_shape(x), dtype.name, **config)
-    values = [tf.broadcast_to(tf.cast(w, dtype), v.shape)
-              for w, v in zip(weights, layer.trainable_variables)]
+    values = [
+        tf.broadcast_to(tf.cast(w, dtype), v.shape)
+        for w, v in zip(weights, layer.trainable_variables)
+    ]
     y, _ = layer.stateless_call(values, [], tf.cast(x, dtype))
     return tf.cast(y, x.dtype)
 
@@ -124,8 +136,9 @@ def _per_example_axes(x) -> tuple:
 
 def layer_norm_keras(x, gamma, beta, eps=1e-3):
     """Layer norm by Keras `LayerNormalization(axis=[1, ..., rank-1])`; gamma, beta [C] or full."""
-    return _keras_call("LayerNormalization", x, [gamma, beta], axis=_per_example_axes(x),
-                       epsilon=eps)
+    return _keras_call(
+        "LayerNormalization", x, [gamma, beta], axis=_per_example_axes(x), epsilon=eps
+    )
 
 
 def layer_norm_keras_group(x, gamma, beta, eps=1e-3):
@@ -135,8 +148,7 @@ def layer_norm_keras_group(x, gamma, beta, eps=1e-3):
 
 def group_norm_keras(x, gamma, beta, groups, eps=1e-3):
     """Group norm by Keras `GroupNormalization(groups)`; gamma, beta [C]."""
-    return _keras_call("GroupNormalization", x, [gamma, beta], groups=groups, axis=-1,
-                       epsilon=eps)
+    return _keras_call("GroupNormalization", x, [gamma, beta], groups=groups, axis=-1, epsilon=eps)
 
 
 def rms_norm_keras(x, gamma, eps=1e-6):

@@ -11,8 +11,12 @@ from core.stats import moments, normalize
 def _per_example_param(param, name: str, x: tf.Tensor) -> tf.Tensor:
     """Checks a scale/offset that is either per channel [C] or per element [*x.shape[1:]]."""
     param = _checks.as_float_tensor(param, name)
-    _checks.check_param(param, name, [tf.TensorShape([x.shape[-1]]), x.shape[1:]],
-                        "per channel, or the full per-example shape")
+    _checks.check_param(
+        param,
+        name,
+        [tf.TensorShape([x.shape[-1]]), x.shape[1:]],
+        "per channel, or the full per-example shape",
+    )
     return param
 
 
@@ -48,8 +52,9 @@ def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: float = 1e-
     return normalize(x, mean, variance, gamma, beta, eps)
 
 
-def group_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, groups: int,
-               eps: float = 1e-3) -> tf.Tensor:
+def group_norm(
+    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, groups: int, eps: float = 1e-3
+) -> tf.Tensor:
     """Group normalization (Wu & He 2018): per example, per group of consecutive channels.
 
     The C channels are split into `groups` groups of C // groups channels; for each example
@@ -76,8 +81,9 @@ def group_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, groups: int,
     if channels is None:
         raise ValueError("group_norm needs the channel count (x.shape[-1]) to be known.")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or channels % groups:
-        raise ValueError(f"groups must be a positive divisor of the {channels} channels, got "
-                         f"{groups!r}.")
+        raise ValueError(
+            f"groups must be a positive divisor of the {channels} channels, got {groups!r}."
+        )
     gamma = _checks.as_float_tensor(gamma, "gamma")
     beta = _checks.as_float_tensor(beta, "beta")
     _checks.check_param(gamma, "gamma", [tf.TensorShape([channels])], "one scale per channel")
@@ -121,7 +127,8 @@ def rms_norm(x: tf.Tensor, gamma: tf.Tensor, eps: float = 1e-6) -> tf.Tensor:
     gamma = _per_example_param(gamma, "gamma", x)
     eps = _checks.check_eps(eps)
     dtype = _checks.stats_dtype(x.dtype)
-    mean_square = tf.reduce_mean(tf.square(tf.cast(x, dtype)), axis=list(range(1, x.shape.rank)),
-                                 keepdims=True)
+    mean_square = tf.reduce_mean(
+        tf.square(tf.cast(x, dtype)), axis=list(range(1, x.shape.rank)), keepdims=True
+    )
     zero = tf.zeros([], dtype)
     return normalize(x, zero, mean_square, gamma, None, eps)

@@ -23,6 +23,7 @@ from core import builtin
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One custom function paired with one built-in of the same signature."""
+
     norm: str
     builtin_name: str
     custom: Callable
@@ -32,16 +33,36 @@ class Case:
 
 
 CASES: tuple[Case, ...] = (
-    Case("batch", "tf.nn.batch_normalization", core.batch_norm, builtin.batch_norm_nn,
-         ("gamma", "beta")),
-    Case("batch", "fused_batch_norm", core.batch_norm, builtin.fused_batch_norm,
-         ("gamma", "beta")),
-    Case("layer", "keras LayerNormalization", core.layer_norm, builtin.layer_norm_keras,
-         ("gamma", "beta")),
-    Case("layer", "keras GroupNormalization(1)", core.layer_norm, builtin.layer_norm_keras_group,
-         ("gamma", "beta")),
-    Case("group", "keras GroupNormalization(4)", core.group_norm, builtin.group_norm_keras,
-         ("gamma", "beta"), groups=4),
+    Case(
+        "batch",
+        "tf.nn.batch_normalization",
+        core.batch_norm,
+        builtin.batch_norm_nn,
+        ("gamma", "beta"),
+    ),
+    Case("batch", "fused_batch_norm", core.batch_norm, builtin.fused_batch_norm, ("gamma", "beta")),
+    Case(
+        "layer",
+        "keras LayerNormalization",
+        core.layer_norm,
+        builtin.layer_norm_keras,
+        ("gamma", "beta"),
+    ),
+    Case(
+        "layer",
+        "keras GroupNormalization(1)",
+        core.layer_norm,
+        builtin.layer_norm_keras_group,
+        ("gamma", "beta"),
+    ),
+    Case(
+        "group",
+        "keras GroupNormalization(4)",
+        core.group_norm,
+        builtin.group_norm_keras,
+        ("gamma", "beta"),
+        groups=4,
+    ),
     Case("rms", "keras RMSNormalization", core.rms_norm, builtin.rms_norm_keras, ("gamma",)),
     Case("weight", "tf.nn.l2_normalize * g", core.weight_norm, builtin.weight_norm_l2, ("g",)),
 )
@@ -56,6 +77,7 @@ DTYPES = (tf.float32, tf.float64, tf.float16, tf.bfloat16)
 @dataclasses.dataclass(frozen=True)
 class ParityResult:
     """Max differences between custom and built-in outputs and gradients, on one input."""
+
     norm: str
     builtin_name: str
     shape: tuple[int, ...]
@@ -73,8 +95,9 @@ def _max_rel(a: tf.Tensor, b: tf.Tensor) -> float:
     return float(tf.reduce_max(tf.abs(a - b))) / scale
 
 
-def make_inputs(case: Case, shape: Sequence[int], dtype: tf.DType, seed: int = 0
-                ) -> dict[str, tf.Tensor]:
+def make_inputs(
+    case: Case, shape: Sequence[int], dtype: tf.DType, seed: int = 0
+) -> dict[str, tf.Tensor]:
     """Random inputs for `case`: x (or v) in `dtype`, parameters in float32 (float64 for
     float64), as under mixed precision. x has a non-zero mean so centering matters."""
     rng = np.random.default_rng(seed)
@@ -107,10 +130,14 @@ def compare(case: Case, inputs: dict[str, tf.Tensor], seed: int = 1) -> ParityRe
     y_builtin, g_builtin = run(case.reference)
     diff = tf.abs(tf.cast(y_custom, tf.float64) - tf.cast(y_builtin, tf.float64))
     return ParityResult(
-        norm=case.norm, builtin_name=case.builtin_name, shape=tuple(first.shape.as_list()),
-        dtype=first.dtype.name, forward_abs=float(tf.reduce_max(diff)),
+        norm=case.norm,
+        builtin_name=case.builtin_name,
+        shape=tuple(first.shape.as_list()),
+        dtype=first.dtype.name,
+        forward_abs=float(tf.reduce_max(diff)),
         forward_rel=_max_rel(y_custom, y_builtin),
-        grad_rel={n: _max_rel(a, b) for n, a, b in zip(names, g_custom, g_builtin)})
+        grad_rel={n: _max_rel(a, b) for n, a, b in zip(names, g_custom, g_builtin)},
+    )
 
 
 def supported(case: Case, dtype: tf.DType) -> bool:
@@ -131,13 +158,29 @@ def table() -> list[ParityResult]:
 
 
 def format_table(results: Sequence[ParityResult], markdown: bool = False) -> str:
-    header = ["norm", "built-in", "shape", "dtype", "fwd max abs", "fwd max rel",
-              "grad max rel (per input)"]
+    header = [
+        "norm",
+        "built-in",
+        "shape",
+        "dtype",
+        "fwd max abs",
+        "fwd max rel",
+        "grad max rel (per input)",
+    ]
     rows = []
     for r in results:
         grads = ", ".join(f"d{n} {v:.1e}" for n, v in r.grad_rel.items())
-        rows.append([r.norm, r.builtin_name, "x".join(map(str, r.shape)), r.dtype,
-                     f"{r.forward_abs:.1e}", f"{r.forward_rel:.1e}", grads])
+        rows.append(
+            [
+                r.norm,
+                r.builtin_name,
+                "x".join(map(str, r.shape)),
+                r.dtype,
+                f"{r.forward_abs:.1e}",
+                f"{r.forward_rel:.1e}",
+                grads,
+            ]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -151,11 +194,15 @@ def main(argv: Sequence[str]) -> int:
     markdown = "--markdown" in argv
     unknown = [a for a in argv if a != "--markdown"]
     if unknown:
-        print(f"unknown arguments {unknown}; usage: python -m core.parity [--markdown]",
-              file=sys.stderr)
+        print(
+            f"unknown arguments {unknown}; usage: python -m core.parity [--markdown]",
+            file=sys.stderr,
+        )
         return 2
-    print(f"TensorFlow {tf.__version__}; gradients of sum(y * dy), dy ~ N(0, 1); "
-          "rel = max|custom - builtin| / max|builtin|")
+    print(
+        f"TensorFlow {tf.__version__}; gradients of sum(y * dy), dy ~ N(0, 1); "
+        "rel = max|custom - builtin| / max|builtin|"
+    )
     print(format_table(table(), markdown))
     return 0
 

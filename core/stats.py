@@ -9,8 +9,9 @@ import tensorflow as tf
 from core import _checks
 
 
-def moments(x: tf.Tensor, axes: Sequence[int], keepdims: bool = False
-            ) -> tuple[tf.Tensor, tf.Tensor]:
+def moments(
+    x: tf.Tensor, axes: Sequence[int], keepdims: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Mean and biased variance of `x` over `axes`: the corrected two-pass algorithm.
 
         m0       = sum(x) / n                        first pass
@@ -37,16 +38,23 @@ def moments(x: tf.Tensor, axes: Sequence[int], keepdims: bool = False
     d = x - m0
     c = tf.reduce_mean(d, axis=axes, keepdims=True)
     mean = m0 + c
-    variance = tf.maximum(tf.reduce_mean(tf.square(d), axis=axes, keepdims=True) - tf.square(c),
-                          tf.zeros([], x.dtype))
+    variance = tf.maximum(
+        tf.reduce_mean(tf.square(d), axis=axes, keepdims=True) - tf.square(c), tf.zeros([], x.dtype)
+    )
     if not keepdims:
         mean = tf.squeeze(mean, axis=axes)
         variance = tf.squeeze(variance, axis=axes)
     return mean, variance
 
 
-def normalize(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor,
-              gamma: tf.Tensor | None, beta: tf.Tensor | None, eps: float) -> tf.Tensor:
+def normalize(
+    x: tf.Tensor,
+    mean: tf.Tensor,
+    variance: tf.Tensor,
+    gamma: tf.Tensor | None,
+    beta: tf.Tensor | None,
+    eps: float,
+) -> tf.Tensor:
     """Computes `(x - mean) * rsqrt(variance + eps) * gamma + beta` in the statistics' dtype.
 
     eps sits inside the square root, as in every built-in. `x - mean` is formed before scaling

@@ -12,7 +12,7 @@ from core.stats import moments
 # 1e6 g, which float16 cannot hold (max 65504): for float16 kernels the floor is the squared
 # smallest normal float16, 2^-28, so that gradient is 2^14 g.
 _MIN_SQUARED_NORM = 1e-12
-_MIN_SQUARED_NORM_FLOAT16 = 2.0 ** -28
+_MIN_SQUARED_NORM_FLOAT16 = 2.0**-28
 
 
 def _direction_squared_norm(v: tf.Tensor) -> tf.Tensor:
@@ -60,8 +60,9 @@ def weight_norm(v: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.cast(v, dtype) * (tf.cast(g, dtype) * inv_norm), v.dtype)
 
 
-def data_dependent_init(preactivations: tf.Tensor, init_scale: float = 1.0, eps: float = 1e-6
-                        ) -> tuple[tf.Tensor, tf.Tensor]:
+def data_dependent_init(
+    preactivations: tf.Tensor, init_scale: float = 1.0, eps: float = 1e-6
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Weight norm's data-dependent initialisation (Salimans & Kingma 2016, section 3).
 
     Given the pre-activations t = x . v / ||v|| of one minibatch, computed with g = 1 and no

@@ -29,49 +29,51 @@ _FASHION_MNIST_FILES = {
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What a data set holds and where it was read from.
+    """What a data set holds and where it was read from.
 
-  Attributes:
-    name: The registry name, e.g. "fashion_mnist".
-    image_shape: (height, width, channels) of one image.
-    num_classes: Labels are integers in [0, num_classes).
-    class_names: Human-readable name of each label.
-    source: The directory the files were read from, or "tfds" (or
-      "tfds:<data_dir>") when they came through TensorFlow Datasets.
-  """
-  name: str
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  class_names: tuple[str, ...]
-  source: str
+    Attributes:
+      name: The registry name, e.g. "fashion_mnist".
+      image_shape: (height, width, channels) of one image.
+      num_classes: Labels are integers in [0, num_classes).
+      class_names: Human-readable name of each label.
+      source: The directory the files were read from, or "tfds" (or
+        "tfds:<data_dir>") when they came through TensorFlow Datasets.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    class_names: tuple[str, ...]
+    source: str
 
 
 @dataclasses.dataclass
 class Splits:
-  """A data set in memory, split into train / validation / test.
+    """A data set in memory, split into train / validation / test.
 
-  Images are uint8 [N, H, W, C]; labels are int64 [N].
+    Images are uint8 [N, H, W, C]; labels are int64 [N].
 
-  Attributes:
-    train_x: Training images (what remains after the validation holdout).
-    train_y: Training labels.
-    val_x: Validation images, held out of the original training set.
-    val_y: Validation labels.
-    test_x: Test images.
-    test_y: Test labels.
-    info: The data set's description.
-    pixel_mean: float32 [C], per-channel mean of train_x / 255.
-    pixel_std: float32 [C], per-channel standard deviation of train_x / 255.
-  """
-  train_x: np.ndarray
-  train_y: np.ndarray
-  val_x: np.ndarray
-  val_y: np.ndarray
-  test_x: np.ndarray
-  test_y: np.ndarray
-  info: DatasetInfo
-  pixel_mean: np.ndarray
-  pixel_std: np.ndarray
+    Attributes:
+      train_x: Training images (what remains after the validation holdout).
+      train_y: Training labels.
+      val_x: Validation images, held out of the original training set.
+      val_y: Validation labels.
+      test_x: Test images.
+      test_y: Test labels.
+      info: The data set's description.
+      pixel_mean: float32 [C], per-channel mean of train_x / 255.
+      pixel_std: float32 [C], per-channel standard deviation of train_x / 255.
+    """
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    info: DatasetInfo
+    pixel_mean: np.ndarray
+    pixel_std: np.ndarray
 
 
 _REGISTRY = {
@@ -79,196 +81,236 @@ _REGISTRY = {
         name="fashion_mnist",
         image_shape=(28, 28, 1),
         num_classes=10,
-        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        source=""),
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        source="",
+    ),
     "cifar10": DatasetInfo(
         name="cifar10",
         image_shape=(32, 32, 3),
         num_classes=10,
-        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog",
-                     "frog", "horse", "ship", "truck"),
-        source=""),
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+        source="",
+    ),
 }
 
 
 def load(name: str, data_dir: str | None, validation_size: int) -> Splits:
-  """Loads a data set into memory and holds out a validation set.
+    """Loads a data set into memory and holds out a validation set.
 
-  Fashion-MNIST is read from the four IDX files in `data_dir` when given;
-  otherwise from DEFAULT_FASHION_MNIST_DIR when it holds them; otherwise
-  through TFDS (which needs the internet). CIFAR-10 comes only through TFDS,
-  with `data_dir` as TFDS's data directory.
+    Fashion-MNIST is read from the four IDX files in `data_dir` when given;
+    otherwise from DEFAULT_FASHION_MNIST_DIR when it holds them; otherwise
+    through TFDS (which needs the internet). CIFAR-10 comes only through TFDS,
+    with `data_dir` as TFDS's data directory.
 
-  The validation set is `validation_size` examples of the original training
-  set chosen by a permutation with the fixed seed VALIDATION_SEED, so it is the
-  same in every run. Both parts keep the original order.
+    The validation set is `validation_size` examples of the original training
+    set chosen by a permutation with the fixed seed VALIDATION_SEED, so it is the
+    same in every run. Both parts keep the original order.
 
-  Args:
-    name: "fashion_mnist" or "cifar10".
-    data_dir: See above; None for the defaults.
-    validation_size: Examples to hold out, in [0, number of training examples).
+    Args:
+      name: "fashion_mnist" or "cifar10".
+      data_dir: See above; None for the defaults.
+      validation_size: Examples to hold out, in [0, number of training examples).
 
-  Returns:
-    The splits, with the pixel statistics of the remaining training part.
+    Returns:
+      The splits, with the pixel statistics of the remaining training part.
 
-  Raises:
-    DatasetError: Unknown name, data missing or corrupt, bad validation_size.
-  """
-  if name not in _REGISTRY:
-    raise DatasetError(f"unknown data set {name!r}; valid names:"
-                       f" {', '.join(sorted(_REGISTRY))}")
-  if name == "fashion_mnist":
-    arrays, source = _load_fashion_mnist(data_dir)
-  else:
-    arrays = _load_tfds(
-        name, data_dir,
-        failure=("CIFAR-10 not available: it needs a TFDS download (internet)"
-                 " or --data_dir pointing to a TFDS data directory where"
-                 " cifar10 was prepared"))
-    source = "tfds" if data_dir is None else f"tfds:{data_dir}"
-  info = dataclasses.replace(_REGISTRY[name], source=source)
+    Raises:
+      DatasetError: Unknown name, data missing or corrupt, bad validation_size.
+    """
+    if name not in _REGISTRY:
+        raise DatasetError(
+            f"unknown data set {name!r}; valid names: {', '.join(sorted(_REGISTRY))}"
+        )
+    if name == "fashion_mnist":
+        arrays, source = _load_fashion_mnist(data_dir)
+    else:
+        arrays = _load_tfds(
+            name,
+            data_dir,
+            failure=(
+                "CIFAR-10 not available: it needs a TFDS download (internet)"
+                " or --data_dir pointing to a TFDS data directory where"
+                " cifar10 was prepared"
+            ),
+        )
+        source = "tfds" if data_dir is None else f"tfds:{data_dir}"
+    info = dataclasses.replace(_REGISTRY[name], source=source)
 
-  train_x, train_y, test_x, test_y = arrays
-  _check_split(info, "train", train_x, train_y)
-  _check_split(info, "test", test_x, test_y)
+    train_x, train_y, test_x, test_y = arrays
+    _check_split(info, "train", train_x, train_y)
+    _check_split(info, "test", test_x, test_y)
 
-  train_idx, val_idx = _validation_holdout(len(train_x), validation_size)
-  mean, std = _pixel_stats(train_x[train_idx])
-  return Splits(
-      train_x=train_x[train_idx],
-      train_y=train_y[train_idx],
-      val_x=train_x[val_idx],
-      val_y=train_y[val_idx],
-      test_x=test_x,
-      test_y=test_y,
-      info=info,
-      pixel_mean=mean,
-      pixel_std=std)
+    train_idx, val_idx = _validation_holdout(len(train_x), validation_size)
+    mean, std = _pixel_stats(train_x[train_idx])
+    return Splits(
+        train_x=train_x[train_idx],
+        train_y=train_y[train_idx],
+        val_x=train_x[val_idx],
+        val_y=train_y[val_idx],
+        test_x=test_x,
+        test_y=test_y,
+        info=info,
+        pixel_mean=mean,
+        pixel_std=std,
+    )
 
 
 def _load_fashion_mnist(data_dir):
-  """Returns ((train_x, train_y, test_x, test_y), source)."""
-  if data_dir is not None:
-    return _read_fashion_mnist_dir(data_dir), data_dir
-  if all(find_idx_file(DEFAULT_FASHION_MNIST_DIR, f)
-         for f in _FASHION_MNIST_FILES.values()):
-    return (_read_fashion_mnist_dir(DEFAULT_FASHION_MNIST_DIR),
-            DEFAULT_FASHION_MNIST_DIR)
-  arrays = _load_tfds(
-      "fashion_mnist", None,
-      failure=(f"Fashion-MNIST not found in {DEFAULT_FASHION_MNIST_DIR}:"
-               " install it with `apt-get install dataset-fashion-mnist`"
-               " (Debian/Ubuntu) or pass --data_dir=DIR holding the four IDX"
-               " files; downloading through TFDS failed"))
-  return arrays, "tfds"
+    """Returns ((train_x, train_y, test_x, test_y), source)."""
+    if data_dir is not None:
+        return _read_fashion_mnist_dir(data_dir), data_dir
+    if all(find_idx_file(DEFAULT_FASHION_MNIST_DIR, f) for f in _FASHION_MNIST_FILES.values()):
+        return (_read_fashion_mnist_dir(DEFAULT_FASHION_MNIST_DIR), DEFAULT_FASHION_MNIST_DIR)
+    arrays = _load_tfds(
+        "fashion_mnist",
+        None,
+        failure=(
+            f"Fashion-MNIST not found in {DEFAULT_FASHION_MNIST_DIR}:"
+            " install it with `apt-get install dataset-fashion-mnist`"
+            " (Debian/Ubuntu) or pass --data_dir=DIR holding the four IDX"
+            " files; downloading through TFDS failed"
+        ),
+    )
+    return arrays, "tfds"
 
 
 def _read_fashion_mnist_dir(directory):
-  """Reads the four Fashion-MNIST IDX files (raw or .gz) from `directory`."""
-  paths = {key: find_idx_file(directory, f)
-           for key, f in _FASHION_MNIST_FILES.items()}
-  missing = [_FASHION_MNIST_FILES[k] for k, p in paths.items() if p is None]
-  if missing:
-    raise DatasetError(
-        f"{directory}: missing Fashion-MNIST file(s) {', '.join(missing)}"
-        " (with or without .gz). Install them with `apt-get install"
-        " dataset-fashion-mnist` (into"
-        f" {DEFAULT_FASHION_MNIST_DIR}) or pass --data_dir to a directory"
-        " holding all four.")
-  arrays = {key: read_idx(path) for key, path in paths.items()}
-  for key, ndim in (("train_images", 3), ("train_labels", 1),
-                    ("test_images", 3), ("test_labels", 1)):
-    if arrays[key].ndim != ndim:
-      raise DatasetError(f"{paths[key]}: expected {ndim} dimension(s), found"
-                         f" shape {arrays[key].shape}; is it the right file?")
-  # IDX holds [N, 28, 28]: add the channel axis; widen labels to int64 as
-  # TFDS returns them.
-  return (arrays["train_images"][..., np.newaxis],
-          arrays["train_labels"].astype(np.int64),
-          arrays["test_images"][..., np.newaxis],
-          arrays["test_labels"].astype(np.int64))
+    """Reads the four Fashion-MNIST IDX files (raw or .gz) from `directory`."""
+    paths = {key: find_idx_file(directory, f) for key, f in _FASHION_MNIST_FILES.items()}
+    missing = [_FASHION_MNIST_FILES[k] for k, p in paths.items() if p is None]
+    if missing:
+        raise DatasetError(
+            f"{directory}: missing Fashion-MNIST file(s) {', '.join(missing)}"
+            " (with or without .gz). Install them with `apt-get install"
+            " dataset-fashion-mnist` (into"
+            f" {DEFAULT_FASHION_MNIST_DIR}) or pass --data_dir to a directory"
+            " holding all four."
+        )
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for key, ndim in (
+        ("train_images", 3),
+        ("train_labels", 1),
+        ("test_images", 3),
+        ("test_labels", 1),
+    ):
+        if arrays[key].ndim != ndim:
+            raise DatasetError(
+                f"{paths[key]}: expected {ndim} dimension(s), found"
+                f" shape {arrays[key].shape}; is it the right file?"
+            )
+    # IDX holds [N, 28, 28]: add the channel axis; widen labels to int64 as
+    # TFDS returns them.
+    return (
+        arrays["train_images"][..., np.newaxis],
+        arrays["train_labels"].astype(np.int64),
+        arrays["test_images"][..., np.newaxis],
+        arrays["test_labels"].astype(np.int64),
+    )
 
 
 def _load_tfds(name, data_dir, failure):
-  """Reads the TFDS train and test splits of `name` into numpy arrays.
+    """Reads the TFDS train and test splits of `name` into numpy arrays.
 
-  Args:
-    name: The TFDS name.
-    data_dir: TFDS's data directory, or None for its default.
-    failure: The start of the DatasetError message if TFDS fails; the reason
-      is appended.
+    Args:
+      name: The TFDS name.
+      data_dir: TFDS's data directory, or None for its default.
+      failure: The start of the DatasetError message if TFDS fails; the reason
+        is appended.
 
-  Returns:
-    (train_x, train_y, test_x, test_y).
-  """
-  arrays = []
-  for split in ("train", "test"):
-    try:
-      ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True)
-      # Batched by hand, not with batch_size=-1: that reads the split size
-      # from info.splits and, when it is unknown (e.g. under
-      # tfds.testing.mock_data), batches by sys.maxsize, which aborts the
-      # process.
-      chunks = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
-    except Exception as e:  # pylint: disable=broad-except
-      # TFDS fails in many ways without network (DownloadError, OSError,
-      # DatasetNotFoundError, missing optional modules...): all mean the same
-      # thing to the user.
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise DatasetError(
-          f"{failure}: {type(e).__name__}: {reason[:300]}") from e
-    if not chunks:
-      raise DatasetError(f"{failure}: TFDS returned no examples for split"
-                         f" {split!r} of {name}")
-    arrays.append(np.concatenate([images for images, _ in chunks]))
-    arrays.append(np.concatenate([labels for _, labels in chunks]))
-  return tuple(arrays)
+    Returns:
+      (train_x, train_y, test_x, test_y).
+    """
+    arrays = []
+    for split in ("train", "test"):
+        try:
+            ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True)
+            # Batched by hand, not with batch_size=-1: that reads the split size
+            # from info.splits and, when it is unknown (e.g. under
+            # tfds.testing.mock_data), batches by sys.maxsize, which aborts the
+            # process.
+            chunks = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
+        except Exception as e:  # pylint: disable=broad-except
+            # TFDS fails in many ways without network (DownloadError, OSError,
+            # DatasetNotFoundError, missing optional modules...): all mean the same
+            # thing to the user.
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise DatasetError(f"{failure}: {type(e).__name__}: {reason[:300]}") from e
+        if not chunks:
+            raise DatasetError(
+                f"{failure}: TFDS returned no examples for split {split!r} of {name}"
+            )
+        arrays.append(np.concatenate([images for images, _ in chunks]))
+        arrays.append(np.concatenate([labels for _, labels in chunks]))
+    return tuple(arrays)
 
 
 def _check_split(info, split, images, labels):
-  """Raises DatasetError unless images/labels fit `info`."""
-  where = f"{info.name} ({info.source}) {split} split"
-  if images.dtype != np.uint8:
-    raise DatasetError(f"{where}: images are {images.dtype}, expected uint8")
-  if images.shape[1:] != info.image_shape:
-    raise DatasetError(f"{where}: images have shape {images.shape[1:]},"
-                       f" expected {info.image_shape}")
-  if labels.ndim != 1:
-    raise DatasetError(f"{where}: labels have shape {labels.shape},"
-                       " expected [N]")
-  if len(images) != len(labels):
-    raise DatasetError(f"{where}: {len(images)} images but {len(labels)}"
-                       " labels")
-  if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
-    raise DatasetError(f"{where}: labels must be in [0, {info.num_classes}),"
-                       f" found values in [{labels.min()}, {labels.max()}]")
+    """Raises DatasetError unless images/labels fit `info`."""
+    where = f"{info.name} ({info.source}) {split} split"
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{where}: images are {images.dtype}, expected uint8")
+    if images.shape[1:] != info.image_shape:
+        raise DatasetError(
+            f"{where}: images have shape {images.shape[1:]}, expected {info.image_shape}"
+        )
+    if labels.ndim != 1:
+        raise DatasetError(f"{where}: labels have shape {labels.shape}, expected [N]")
+    if len(images) != len(labels):
+        raise DatasetError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise DatasetError(
+            f"{where}: labels must be in [0, {info.num_classes}),"
+            f" found values in [{labels.min()}, {labels.max()}]"
+        )
 
 
 def _validation_holdout(num_train, validation_size):
-  """Returns sorted (train indices, validation indices) of a fixed split."""
-  if not 0 <= validation_size < num_train:
-    raise DatasetError(
-        f"validation_size={validation_size} must be in [0, {num_train}): the"
-        f" training set has {num_train} examples and at least one must stay"
-        " for training")
-  order = np.random.default_rng(VALIDATION_SEED).permutation(num_train)
-  return np.sort(order[validation_size:]), np.sort(order[:validation_size])
+    """Returns sorted (train indices, validation indices) of a fixed split."""
+    if not 0 <= validation_size < num_train:
+        raise DatasetError(
+            f"validation_size={validation_size} must be in [0, {num_train}): the"
+            f" training set has {num_train} examples and at least one must stay"
+            " for training"
+        )
+    order = np.random.default_rng(VALIDATION_SEED).permutation(num_train)
+    return np.sort(order[validation_size:]), np.sort(order[:validation_size])
 
 
 def _pixel_stats(images):
-  """Per-channel mean and standard deviation of images / 255, as float32.
+    """Per-channel mean and standard deviation of images / 255, as float32.
 
-  Computed from a histogram of the 256 byte values per channel: exact (in
-  float64) and without a float copy of the whole set (1.2 GB for CIFAR-10).
-  """
-  channels = images.shape[-1]
-  mean = np.empty(channels, np.float64)
-  std = np.empty(channels, np.float64)
-  values = np.arange(256, dtype=np.float64)
-  for c in range(channels):
-    counts = np.bincount(images[..., c].ravel(), minlength=256)
-    total = counts.sum()
-    mean[c] = (counts * values).sum() / total
-    std[c] = np.sqrt((counts * (values - mean[c])**2).sum() / total)
-  return (mean / 255).astype(np.float32), (std / 255).astype(np.float32)
+    Computed from a histogram of the 256 byte values per channel: exact (in
+    float64) and without a float copy of the whole set (1.2 GB for CIFAR-10).
+    """
+    channels = images.shape[-1]
+    mean = np.empty(channels, np.float64)
+    std = np.empty(channels, np.float64)
+    values = np.arange(256, dtype=np.float64)
+    for c in range(channels):
+        counts = np.bincount(images[..., c].ravel(), minlength=256)
+        total = counts.sum()
+        mean[c] = (counts * values).sum() / total
+        std[c] = np.sqrt((counts * (values - mean[c]) ** 2).sum() / total)
+    return (mean / 255).astype(np.float32), (std / 255).astype(np.float32)

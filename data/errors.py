@@ -2,7 +2,7 @@
 
 
 class DatasetError(ValueError):
-  """A data set is missing, corrupt or does not fit the request.
+    """A data set is missing, corrupt or does not fit the request.
 
-  The message names what was being read, what is wrong and how to fix it.
-  """
+    The message names what was being read, what is wrong and how to fix it.
+    """

@@ -16,10 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 UNIT_ROUNDOFF = {
-    tf.float64: 2.0 ** -53,
-    tf.float32: 2.0 ** -24,
-    tf.float16: 2.0 ** -11,
-    tf.bfloat16: 2.0 ** -8,
+    tf.float64: 2.0**-53,
+    tf.float32: 2.0**-24,
+    tf.float16: 2.0**-11,
+    tf.bfloat16: 2.0**-8,
 }
 
 ALL_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -40,7 +40,8 @@ def assert_close(actual, reference, dtype: tf.DType, what: str = "") -> None:
     scale = max(np.max(np.abs(reference)), 1e-30)
     err = np.max(np.abs(actual - reference)) / scale
     assert err <= tolerance(dtype), (
-        f"{what}: max rel error {err:.3g} > {tolerance(dtype):.3g} for {dtype.name}")
+        f"{what}: max rel error {err:.3g} > {tolerance(dtype):.3g} for {dtype.name}"
+    )
 
 
 def quantized(array, dtype: tf.DType) -> tuple[tf.Tensor, np.ndarray]:

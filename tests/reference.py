@@ -24,8 +24,11 @@ def _normalize_backward(x, axes, eps, dxhat):
     """
     xhat, var = _normalize(x, axes, eps)
     r = 1.0 / np.sqrt(var + eps)
-    return r * (dxhat - dxhat.mean(axis=axes, keepdims=True)
-                - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
+    return r * (
+        dxhat
+        - dxhat.mean(axis=axes, keepdims=True)
+        - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True)
+    )
 
 
 def batch_norm(x, gamma, beta, eps):
@@ -69,8 +72,11 @@ def batch_norm_grads(x, gamma, eps, dy):
     """(dx, dgamma, dbeta) of sum(batch_norm(x) * dy)."""
     axes = tuple(range(np.ndim(x) - 1))
     xhat = _normalize(x, axes, eps)[0]
-    return (_normalize_backward(x, axes, eps, dy * gamma), (dy * xhat).sum(axis=axes),
-            dy.sum(axis=axes))
+    return (
+        _normalize_backward(x, axes, eps, dy * gamma),
+        (dy * xhat).sum(axis=axes),
+        dy.sum(axis=axes),
+    )
 
 
 def layer_norm_grads(x, gamma, eps, dy):
@@ -78,8 +84,11 @@ def layer_norm_grads(x, gamma, eps, dy):
     axes = tuple(range(1, np.ndim(x)))
     xhat = _normalize(x, axes, eps)[0]
     param_axes = tuple(range(np.ndim(x) - 1))
-    return (_normalize_backward(x, axes, eps, dy * gamma), (dy * xhat).sum(axis=param_axes),
-            dy.sum(axis=param_axes))
+    return (
+        _normalize_backward(x, axes, eps, dy * gamma),
+        (dy * xhat).sum(axis=param_axes),
+        dy.sum(axis=param_axes),
+    )
 
 
 def group_norm_grads(x, gamma, groups, eps, dy):

@@ -8,6 +8,7 @@ import core
 from core import builtin, parity
 from tests.numerics import tolerance
 
+
 def _shape(case):
     return (3, 3, 8, 6) if case.norm == "weight" else (16, 6, 6, 8)
 
@@ -29,15 +30,21 @@ def test_custom_matches_builtin_forward_and_gradients(case, dtype):
     assert result.forward_rel <= tolerance(dtype), result
     for name, rel in result.grad_rel.items():
         # Gradients of x/v are in dtype; those of the float32 parameters in float32.
-        grad_dtype = dtype if name in ("x", "v") else (
-            tf.float64 if dtype == tf.float64 else tf.float32)
+        grad_dtype = (
+            dtype if name in ("x", "v") else (tf.float64 if dtype == tf.float64 else tf.float32)
+        )
         assert rel <= tolerance(grad_dtype), (name, result)
 
 
 def test_parity_detects_a_wrong_eps():
     """The comparison is not vacuous: a custom function with another eps fails it."""
-    case = parity.Case("batch", "nn", lambda x, g, b: core.batch_norm(x, g, b, 1e-1),
-                       builtin.batch_norm_nn, ("gamma", "beta"))
+    case = parity.Case(
+        "batch",
+        "nn",
+        lambda x, g, b: core.batch_norm(x, g, b, 1e-1),
+        builtin.batch_norm_nn,
+        ("gamma", "beta"),
+    )
     inputs = parity.make_inputs(case, (16, 4), tf.float32)
     inputs["x"] = inputs["x"] * 0.1  # small variance, so eps matters
     result = parity.compare(case, inputs)
@@ -52,8 +59,7 @@ def test_fused_moments_are_biased_after_conversion():
     np.testing.assert_allclose(mean, cmean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var, cvar, rtol=1e-5)
     # The raw op returns the unbiased variance: n/(n-1) times larger.
-    _, _, raw = tf.compat.v1.nn.fused_batch_norm(x, tf.ones([4]), tf.zeros([4]),
-                                                 is_training=True)
+    _, _, raw = tf.compat.v1.nn.fused_batch_norm(x, tf.ones([4]), tf.zeros([4]), is_training=True)
     np.testing.assert_allclose(raw, np.asarray(cvar) * 45 / 44, rtol=1e-5)
 
 
@@ -62,24 +68,27 @@ def test_layer_norm_equals_group_norm_with_one_group_and_instance_norm():
     x = tf.constant(rng.normal(size=(4, 5, 5, 6)), tf.float64)
     gamma = tf.constant(rng.normal(1, 0.3, 6), tf.float64)
     beta = tf.constant(rng.normal(0, 0.3, 6), tf.float64)
-    np.testing.assert_allclose(core.group_norm(x, gamma, beta, 1), core.layer_norm(x, gamma, beta),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        core.group_norm(x, gamma, beta, 1), core.layer_norm(x, gamma, beta), rtol=1e-12, atol=1e-12
+    )
     # groups = C: instance norm, per example and channel over space.
     xn = np.asarray(x)
     mean, var = xn.mean(axis=(1, 2), keepdims=True), xn.var(axis=(1, 2), keepdims=True)
     expected = (xn - mean) / np.sqrt(var + 1e-3) * np.asarray(gamma) + np.asarray(beta)
-    np.testing.assert_allclose(core.group_norm(x, gamma, beta, 6), expected, rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(core.group_norm(x, gamma, beta, 6), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_builtin_inference_form_matches_custom():
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(8, 3, 3, 4)), tf.float32)
     mean, var = tf.constant(rng.normal(size=4), tf.float32), tf.constant([1.0, 2.0, 0.5, 3.0])
-    gamma, beta = tf.constant(rng.normal(1, .3, 4), tf.float32), tf.zeros([4])
-    np.testing.assert_allclose(core.batch_norm_inference(x, mean, var, gamma, beta),
-                               builtin.batch_norm_inference_nn(x, mean, var, gamma, beta),
-                               rtol=1e-5, atol=1e-6)
+    gamma, beta = tf.constant(rng.normal(1, 0.3, 4), tf.float32), tf.zeros([4])
+    np.testing.assert_allclose(
+        core.batch_norm_inference(x, mean, var, gamma, beta),
+        builtin.batch_norm_inference_nn(x, mean, var, gamma, beta),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_keras_references_work_inside_tf_function():

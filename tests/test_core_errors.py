@@ -11,42 +11,59 @@ G = tf.ones([6])
 B = tf.zeros([6])
 
 
-@pytest.mark.parametrize("bad", [tf.zeros([4, 6], tf.int32), np.zeros([4, 6], np.int64),
-                                 tf.constant([["a"] * 6] * 4), [[1, 2], [3, 4]],
-                                 tf.zeros([4, 6], tf.bool)],
-                         ids=["tf-int32", "np-int64", "string", "list-int", "bool"])
-@pytest.mark.parametrize("fn", [
-    lambda x: core.batch_norm(x, tf.ones([6]), tf.zeros([6])),
-    lambda x: core.layer_norm(x, tf.ones([6]), tf.zeros([6])),
-    lambda x: core.group_norm(x, tf.ones([6]), tf.zeros([6]), 2),
-    lambda x: core.rms_norm(x, tf.ones([6])),
-    lambda x: core.weight_norm(x, tf.ones([6])),
-], ids=["batch", "layer", "group", "rms", "weight"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        tf.zeros([4, 6], tf.int32),
+        np.zeros([4, 6], np.int64),
+        tf.constant([["a"] * 6] * 4),
+        [[1, 2], [3, 4]],
+        tf.zeros([4, 6], tf.bool),
+    ],
+    ids=["tf-int32", "np-int64", "string", "list-int", "bool"],
+)
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: core.batch_norm(x, tf.ones([6]), tf.zeros([6])),
+        lambda x: core.layer_norm(x, tf.ones([6]), tf.zeros([6])),
+        lambda x: core.group_norm(x, tf.ones([6]), tf.zeros([6]), 2),
+        lambda x: core.rms_norm(x, tf.ones([6])),
+        lambda x: core.weight_norm(x, tf.ones([6])),
+    ],
+    ids=["batch", "layer", "group", "rms", "weight"],
+)
 def test_non_float_input_is_a_type_error(fn, bad):
     with pytest.raises(TypeError, match="floating-point"):
         fn(bad)
 
 
-@pytest.mark.parametrize("fn,arg", [
-    (lambda: core.batch_norm(tf.zeros([6]), G, B), "x"),
-    (lambda: core.layer_norm(tf.zeros([6]), G, B), "x"),
-    (lambda: core.group_norm(tf.zeros([6]), G, B, 2), "x"),
-    (lambda: core.weight_norm(tf.zeros([6]), G), "v"),
-])
+@pytest.mark.parametrize(
+    "fn,arg",
+    [
+        (lambda: core.batch_norm(tf.zeros([6]), G, B), "x"),
+        (lambda: core.layer_norm(tf.zeros([6]), G, B), "x"),
+        (lambda: core.group_norm(tf.zeros([6]), G, B, 2), "x"),
+        (lambda: core.weight_norm(tf.zeros([6]), G), "v"),
+    ],
+)
 def test_rank_below_two(fn, arg):
     with pytest.raises(ValueError, match=f"{arg} must have rank >= 2"):
         fn()
 
 
-@pytest.mark.parametrize("fn,arg", [
-    (lambda: core.batch_norm(X, tf.ones([5]), B), "gamma"),
-    (lambda: core.batch_norm(X, G, tf.zeros([6, 1])), "beta"),
-    (lambda: core.batch_norm_inference(X, tf.zeros([3]), G, G, B), "mean"),
-    (lambda: core.layer_norm(X, tf.ones([3, 3, 5]), B), "gamma"),
-    (lambda: core.group_norm(X, tf.ones([3]), B, 2), "gamma"),
-    (lambda: core.rms_norm(X, tf.ones([7])), "gamma"),
-    (lambda: core.weight_norm(tf.zeros([3, 3, 6, 4]), tf.ones([6])), "g"),
-])
+@pytest.mark.parametrize(
+    "fn,arg",
+    [
+        (lambda: core.batch_norm(X, tf.ones([5]), B), "gamma"),
+        (lambda: core.batch_norm(X, G, tf.zeros([6, 1])), "beta"),
+        (lambda: core.batch_norm_inference(X, tf.zeros([3]), G, G, B), "mean"),
+        (lambda: core.layer_norm(X, tf.ones([3, 3, 5]), B), "gamma"),
+        (lambda: core.group_norm(X, tf.ones([3]), B, 2), "gamma"),
+        (lambda: core.rms_norm(X, tf.ones([7])), "gamma"),
+        (lambda: core.weight_norm(tf.zeros([3, 3, 6, 4]), tf.ones([6])), "g"),
+    ],
+)
 def test_parameter_shape_mismatch(fn, arg):
     with pytest.raises(ValueError, match=f"{arg} has shape"):
         fn()

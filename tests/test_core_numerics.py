@@ -17,8 +17,9 @@ def test_variance_survives_a_large_offset():
     _, mean, var = core.batch_norm_and_moments(x, tf.ones([4]), tf.zeros([4]))
     np.testing.assert_allclose(var, x64.var(axis=(0, 1, 2)), rtol=1e-4)
     # The one-pass formula on the same float32 data is far off: the test can tell them apart.
-    one_pass = (tf.reduce_mean(tf.square(x), axis=[0, 1, 2])
-                - tf.square(tf.reduce_mean(x, axis=[0, 1, 2])))
+    one_pass = tf.reduce_mean(tf.square(x), axis=[0, 1, 2]) - tf.square(
+        tf.reduce_mean(x, axis=[0, 1, 2])
+    )
     assert np.max(np.abs(one_pass - x64.var(axis=(0, 1, 2)))) > 0.1
     # The output too: x - mean is formed before scaling.
     y = core.batch_norm(x, tf.ones([4]), tf.zeros([4]))
@@ -37,7 +38,7 @@ def test_half_precision_in_the_hundreds(dtype):
     x64 = np.asarray(tf.cast(x, tf.float64))
     assert not np.all(np.isfinite(np.asarray(tf.square(tf.cast(x, tf.float16)))))
     gamma, beta = tf.ones([4], tf.float32), tf.zeros([4], tf.float32)
-    unit = 2.0 ** -11 if dtype == tf.float16 else 2.0 ** -8
+    unit = 2.0**-11 if dtype == tf.float16 else 2.0**-8
     for name, y, expected in [
         ("batch", core.batch_norm(x, gamma, beta), ref.batch_norm(x64, 1.0, 0.0, 1e-3)),
         ("layer", core.layer_norm(x, gamma, beta), ref.layer_norm(x64, 1.0, 0.0, 1e-3)),
@@ -47,8 +48,9 @@ def test_half_precision_in_the_hundreds(dtype):
         assert y.dtype == dtype, name
         y = np.asarray(tf.cast(y, tf.float64))
         assert np.all(np.isfinite(y)), name
-        np.testing.assert_allclose(y, expected, atol=2 * unit * np.max(np.abs(expected)),
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            y, expected, atol=2 * unit * np.max(np.abs(expected)), err_msg=name
+        )
     _, mean, var = core.batch_norm_and_moments(x, gamma, beta)
     assert mean.dtype == tf.float32 and var.dtype == tf.float32
 
@@ -59,12 +61,14 @@ def test_batch_of_one():
     ones, zeros = tf.ones([3]), tf.zeros([3])
     # Layer norm is defined for one example.
     y = core.layer_norm(one_image, ones, zeros)
-    np.testing.assert_allclose(y, ref.layer_norm(np.asarray(one_image, np.float64), 1, 0, 1e-3),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        y, ref.layer_norm(np.asarray(one_image, np.float64), 1, 0, 1e-3), atol=1e-5
+    )
     # Batch norm over an image still has 25 positions per channel.
     y = core.batch_norm(one_image, ones, zeros)
-    np.testing.assert_allclose(y, ref.batch_norm(np.asarray(one_image, np.float64), 1, 0, 1e-3),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        y, ref.batch_norm(np.asarray(one_image, np.float64), 1, 0, 1e-3), atol=1e-5
+    )
     # Batch norm on [1, C] has one value per channel: refused, with the reason.
     with pytest.raises(ValueError, match="one value per channel"):
         core.batch_norm(tf.ones([1, 3]), ones, zeros)

@@ -19,8 +19,16 @@ def _inputs(shape, dtype, seed=0):
     gamma64 = rng.normal(1.0, 0.3, shape[-1])
     beta64 = rng.normal(0.0, 0.3, shape[-1])
     dy, dy64 = quantized(rng.normal(size=shape), dtype)
-    return (x, x64, tf.constant(gamma64, param_dtype), gamma64, tf.constant(beta64, param_dtype),
-            beta64, dy, dy64)
+    return (
+        x,
+        x64,
+        tf.constant(gamma64, param_dtype),
+        gamma64,
+        tf.constant(beta64, param_dtype),
+        beta64,
+        dy,
+        dy64,
+    )
 
 
 def _grads(fn, dy, *args):
@@ -34,8 +42,9 @@ def _grads(fn, dy, *args):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_batch_norm_matches_reference(shape, dtype):
     x, x64, gamma, gamma64, beta, beta64, dy, dy64 = _inputs(shape, dtype)
-    y, (dx, dgamma, dbeta) = _grads(lambda a, g, b: core.batch_norm(a, g, b, EPS), dy,
-                                    x, gamma, beta)
+    y, (dx, dgamma, dbeta) = _grads(
+        lambda a, g, b: core.batch_norm(a, g, b, EPS), dy, x, gamma, beta
+    )
     assert y.dtype == dtype
     assert_close(y, ref.batch_norm(x64, gamma64, beta64, EPS), dtype, "y")
     rdx, rdgamma, rdbeta = ref.batch_norm_grads(x64, gamma64, EPS, dy64)
@@ -49,8 +58,9 @@ def test_batch_norm_matches_reference(shape, dtype):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_layer_norm_matches_reference(shape, dtype):
     x, x64, gamma, gamma64, beta, beta64, dy, dy64 = _inputs(shape, dtype)
-    y, (dx, dgamma, dbeta) = _grads(lambda a, g, b: core.layer_norm(a, g, b, EPS), dy,
-                                    x, gamma, beta)
+    y, (dx, dgamma, dbeta) = _grads(
+        lambda a, g, b: core.layer_norm(a, g, b, EPS), dy, x, gamma, beta
+    )
     assert y.dtype == dtype
     assert_close(y, ref.layer_norm(x64, gamma64, beta64, EPS), dtype, "y")
     rdx, rdgamma, rdbeta = ref.layer_norm_grads(x64, gamma64, EPS, dy64)
@@ -70,12 +80,16 @@ def test_layer_norm_full_shape_params(dtype):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: d.name)
-@pytest.mark.parametrize("shape,groups", [((16, 12), 3), ((8, 5, 5, 6), 2), ((8, 5, 5, 6), 6),
-                                          ((8, 5, 5, 6), 1)], ids=str)
+@pytest.mark.parametrize(
+    "shape,groups",
+    [((16, 12), 3), ((8, 5, 5, 6), 2), ((8, 5, 5, 6), 6), ((8, 5, 5, 6), 1)],
+    ids=str,
+)
 def test_group_norm_matches_reference(shape, groups, dtype):
     x, x64, gamma, gamma64, beta, beta64, dy, dy64 = _inputs(shape, dtype)
-    y, (dx, dgamma, dbeta) = _grads(lambda a, g, b: core.group_norm(a, g, b, groups, EPS), dy,
-                                    x, gamma, beta)
+    y, (dx, dgamma, dbeta) = _grads(
+        lambda a, g, b: core.group_norm(a, g, b, groups, EPS), dy, x, gamma, beta
+    )
     assert y.dtype == dtype
     assert_close(y, ref.group_norm(x64, gamma64, beta64, groups, EPS), dtype, "y")
     rdx, rdgamma, rdbeta = ref.group_norm_grads(x64, gamma64, groups, EPS, dy64)
@@ -167,9 +181,13 @@ def test_eager_equals_compiled(mode):
     g = tf.constant(rng.uniform(0.5, 2, 4), tf.float32)
 
     def everything(x, gamma, beta, v, g):
-        return (core.batch_norm(x, gamma, beta), core.layer_norm(x, gamma, beta),
-                core.group_norm(x, gamma, beta, 3), core.rms_norm(x, gamma),
-                core.weight_norm(v, g))
+        return (
+            core.batch_norm(x, gamma, beta),
+            core.layer_norm(x, gamma, beta),
+            core.group_norm(x, gamma, beta, 3),
+            core.rms_norm(x, gamma),
+            core.weight_norm(v, g),
+        )
 
     compiled = tf.function(everything, jit_compile=(mode == "jit"))
     for eager, graph in zip(everything(x, gamma, beta, v, g), compiled(x, gamma, beta, v, g)):
