@@ -1,0 +1,77 @@
+"""Optimizers and learning-rate schedules as tf.Modules: explicit slot variables, checkpointable."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+
+class SGD(tf.Module):
+    """SGD with momentum, PyTorch's form: m <- momentum * m + grad;  w <- w - lr * m."""
+
+    def __init__(self, variables: Sequence[tf.Variable], momentum: float = 0.9):
+        super().__init__(name="sgd")
+        self.momentum = momentum
+        self.velocities = [
+            tf.Variable(tf.zeros_like(v), trainable=False, name="velocity") for v in variables
+        ]
+
+    def apply(self, grads, variables, lr: tf.Tensor) -> None:
+        for g, v, m in zip(grads, variables, self.velocities):
+            m.assign(self.momentum * m + g)
+            v.assign_sub(lr * m)
+
+
+class Adam(tf.Module):
+    """Adam (Kingma & Ba 2015) with bias correction; beta1 0.9, beta2 0.999, eps 1e-7."""
+
+    def __init__(
+        self,
+        variables: Sequence[tf.Variable],
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-7,
+    ):
+        super().__init__(name="adam")
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in variables]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in variables]
+
+    def apply(self, grads, variables, lr: tf.Tensor) -> None:
+        self.iterations.assign_add(1)
+        t = tf.cast(self.iterations, tf.float32)
+        # Bias corrections folded into the step size, as in the paper's section 2.
+        step = lr * tf.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
+        for g, var, m, v in zip(grads, variables, self.m, self.v):
+            m.assign(self.beta1 * m + (1.0 - self.beta1) * g)
+            v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(g))
+            var.assign_sub(step * m / (tf.sqrt(v) + self.eps))
+
+
+def make_optimizer(name: str, variables, momentum: float):
+    if name == "sgd":
+        return SGD(variables, momentum)
+    if name == "adam":
+        return Adam(variables)
+    raise ValueError(f"optimizer must be sgd or adam, got {name!r}")
+
+
+def learning_rate(
+    step: tf.Tensor, *, peak: float, total_steps: int, warmup_steps: int, schedule: str
+) -> tf.Tensor:
+    """The learning rate at `step` (0-based): linear warm-up, then constant or cosine to 0."""
+    step = tf.cast(step, tf.float32)
+    if schedule == "constant":
+        lr = tf.constant(peak, tf.float32)
+    elif schedule == "cosine":
+        decay_steps = max(total_steps - warmup_steps, 1)
+        progress = tf.clip_by_value((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        lr = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    else:
+        raise ValueError(f"schedule must be constant or cosine, got {schedule!r}")
+    if warmup_steps > 0:
+        lr = tf.minimum(lr, peak * (step + 1.0) / warmup_steps)
+    return lr

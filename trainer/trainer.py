@@ -1,0 +1,478 @@
+"""The estimator-style trainer: train, evaluate and train_and_evaluate over a model_dir.
+
+model_dir layout (self-describing):
+    flags.txt        the run's whole configuration, absl flagfile format
+    checkpoints/     tf.train.CheckpointManager: step, model, optimizer
+    train/, eval/    TensorBoard event files (eval/ holds validation and test)
+    events.*         the HParams record of this run (TensorBoard's HParams dashboard)
+    metrics.json     final metrics, written when training completes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+import data
+from models.cnn import CNN
+from trainer import summaries
+from trainer.config import Config, flags_path
+from trainer.errors import RunError, UsageError
+from trainer.optim import learning_rate, make_optimizer
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes via a temporary file and a rename, so a kill never leaves a half-written file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_model_dir(model_dir: str) -> None:
+    """Creates model_dir, or raises UsageError if it cannot be a run directory."""
+    if not model_dir:
+        raise UsageError(
+            "--model_dir is required: the directory that holds the run's "
+            "flags, checkpoints, summaries and metrics."
+        )
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise UsageError(
+            f"--model_dir={model_dir} is a file, not a directory. Choose another path."
+        )
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --model_dir={model_dir}: {e.strerror}.") from None
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--model_dir={model_dir} is not writable. Choose a directory you can write to."
+        )
+
+
+def remove_temporary_checkpoints(checkpoint_dir: str) -> list[str]:
+    """Deletes the `*_temp*` directories a save killed midway leaves behind; returns them."""
+    removed = []
+    if os.path.isdir(checkpoint_dir):
+        for name in sorted(os.listdir(checkpoint_dir)):
+            path = os.path.join(checkpoint_dir, name)
+            if "_temp" in name and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+    return removed
+
+
+class Trainer:
+    """Trains and evaluates one CNN in one model_dir, resuming from its latest checkpoint."""
+
+    def __init__(
+        self,
+        config: Config,
+        model_dir: str,
+        *,
+        splits: data.Splits | None = None,
+        log: Callable[[str], None] = print,
+        read_only: bool = False,
+    ):
+        """Builds the model and restores model_dir's latest checkpoint, if any.
+
+        Args:
+            config: the run's settings; checked against model_dir's saved flags.
+            model_dir: the run directory (created unless read_only).
+            splits: preloaded data (tests, eval.py); loaded from config otherwise.
+            log: where progress lines go.
+            read_only: for evaluating a run: write nothing into model_dir (no flags, no
+                summaries, no clean-up); training is refused.
+        """
+        config.validate()
+        self.read_only = read_only
+        if read_only:
+            if not os.path.isdir(model_dir):
+                raise UsageError(f"{model_dir} is not a directory")
+        else:
+            prepare_model_dir(model_dir)
+        self.config = config
+        self.model_dir = model_dir
+        self.log = log
+        if not read_only:
+            self._check_or_save_flags()
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+
+        self.splits = (
+            splits
+            if splits is not None
+            else data.load(config.dataset, config.data_dir or None, config.validation_size)
+        )
+        self.steps_per_epoch = data.steps_per_epoch(len(self.splits.train_x), config.batch_size)
+        self.total_steps = config.total_steps(self.steps_per_epoch)
+
+        info = self.splits.info
+        self.model = CNN(config.model_config(info.image_shape, info.num_classes))
+        self.layer_names = [name for name, _ in self.model.named_layers()]
+        self.variables, self._layer_slices = [], {}
+        for name, layer in self.model.named_layers():
+            start = len(self.variables)
+            self.variables += list(layer.trainable_variables)
+            self._layer_slices[name] = (start, len(self.variables))
+        self.optimizer = make_optimizer(config.optimizer, self.variables, config.momentum)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+
+        self.checkpoint = tf.train.Checkpoint(
+            step=self.step, model=self.model, optimizer=self.optimizer
+        )
+        checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
+        if not read_only:
+            for name in remove_temporary_checkpoints(checkpoint_dir):
+                self.log(f"removed {name}: a checkpoint whose save was interrupted")
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, checkpoint_dir, max_to_keep=config.max_to_keep, step_counter=self.step
+        )
+        self._restore(self.manager.latest_checkpoint)
+
+        self._train_step = tf.function(self._train_step_impl)
+        self._eval_step = tf.function(self._eval_step_impl)
+        self._writers = {}
+
+    # -- model_dir bookkeeping ---------------------------------------------------------------
+
+    def _check_or_save_flags(self) -> None:
+        path = flags_path(self.model_dir)
+        if os.path.exists(path):
+            saved = Config.from_flagfile(path)
+            conflicts = saved.differences(self.config)
+            if conflicts:
+                raise UsageError(
+                    f"{self.model_dir} holds a run with other settings; resuming it with these "
+                    f"would mix two experiments: {'; '.join(conflicts)}. Resume with the saved "
+                    f"flags (train.py --model_dir={self.model_dir} alone reuses them) or choose "
+                    "a new --model_dir."
+                )
+        _write_atomically(path, self.config.to_flagfile())
+
+    def restore(self, path: str) -> None:
+        """Restores a named checkpoint (a path, or a name like ckpt-300 in checkpoints/)."""
+        candidates = [path, os.path.join(self.model_dir, CHECKPOINT_DIR, path)]
+        found = next((p for p in candidates if tf.io.gfile.exists(p + ".index")), None)
+        if found is None:
+            available = ", ".join(os.path.basename(p) for p in self.manager.checkpoints)
+            raise UsageError(
+                f"no checkpoint {path!r} in {self.model_dir}; available: {available or 'none'}"
+            )
+        self._restore(found)
+
+    def _restore(self, path: str | None) -> None:
+        if path is None:
+            return
+        try:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            raise RunError(
+                f"cannot restore {path}: it does not match this model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}). Was it written by another architecture or "
+                "norm? Use a new --model_dir."
+            ) from None
+        self.log(f"resumed from {path} at step {int(self.step)}")
+
+    def _writer(self, name: str):
+        if self.read_only:
+            return None
+        if name not in self._writers:
+            path = self.model_dir if name == "hparams" else os.path.join(self.model_dir, name)
+            self._writers[name] = tf.summary.create_file_writer(path)
+        return self._writers[name]
+
+    # -- compiled steps --------------------------------------------------------------------
+
+    def _train_step_impl(self, images, labels, collect_stats: bool):
+        with tf.GradientTape() as tape:
+            logits, stats = self.model.forward(images, training=True, collect_stats=collect_stats)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        grads = tape.gradient(loss, self.variables)
+        lr = learning_rate(
+            self.step,
+            peak=self.config.learning_rate,
+            total_steps=self.total_steps,
+            warmup_steps=self.config.warmup_steps,
+            schedule=self.config.lr_schedule,
+        )
+        squared = [tf.reduce_sum(tf.square(g)) for g in grads]
+        metrics = {
+            "loss": loss,
+            "accuracy": tf.reduce_mean(
+                tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+            ),
+            "learning_rate": lr,
+            "grad_norm/global": tf.sqrt(tf.add_n(squared)),
+        }
+        for name, (start, end) in self._layer_slices.items():
+            metrics[f"grad_norm/{name}"] = tf.sqrt(tf.add_n(squared[start:end]))
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(metrics["grad_norm/global"])
+        metrics["finite"] = finite
+
+        def apply():
+            self.optimizer.apply(grads, self.variables, lr)
+            self.step.assign_add(1)
+            return tf.constant(True)
+
+        # A non-finite step changes no weight: the caller stops with the last good state.
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        return metrics, stats
+
+    def _eval_step_impl(self, images, labels):
+        logits = self.model(images, training=False)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        return tf.reduce_sum(losses), tf.argmax(logits, -1, output_type=tf.int32)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Trains up to the configured total steps; returns the last logged training metrics."""
+        if self.read_only:
+            raise UsageError("this Trainer was opened read-only (for evaluation)")
+        c = self.config
+        start = int(self.step)
+        total = self.total_steps
+        if start >= total:
+            self.log(f"already trained: step {start} of {total}")
+            return {}
+        summaries.write_hparams(
+            self._writer("hparams"),
+            self.hparams(),
+            os.path.basename(os.path.abspath(self.model_dir)),
+        )
+        dataset = data.train_dataset(
+            self.splits.train_x,
+            self.splits.train_y,
+            batch_size=c.batch_size,
+            seed=c.seed,
+            start_step=start,
+            pixel_mean=self.splits.pixel_mean,
+            pixel_std=self.splits.pixel_std,
+            augment=c.augment,
+        )
+        batches = iter(dataset)
+        if start == 0 and c.wn_init == "data":
+            images, _ = dataset.take(1).get_single_element()
+            self.model.initialize_from_data(images)
+            self.log("weight norm: data-dependent init on the first batch")
+
+        self.log(
+            f"training {c.norm} norm ({c.norm_impl}) on {c.dataset}: steps {start} -> "
+            f"{total}, {self.steps_per_epoch} steps per epoch, batch {c.batch_size}"
+        )
+        window_start, window_steps, window_loss, window_acc = time.perf_counter(), 0, 0.0, 0.0
+        run_start = time.perf_counter()
+        last = {}
+        for step in range(start, total):
+            images, labels = next(batches)
+            done = step + 1
+            collect = done % c.summary_every == 0
+            metrics, stats = self._train_step(images, labels, collect)
+            if not bool(metrics["finite"]):
+                self._stop_on_non_finite(step, images, labels, metrics)
+            window_steps += 1
+            window_loss += float(metrics["loss"])
+            window_acc += float(metrics["accuracy"])
+
+            if collect:
+                scalars = {f"train/{k}": metrics[k] for k in ("loss", "accuracy", "learning_rate")}
+                scalars.update({k: v for k, v in metrics.items() if k.startswith("grad_norm/")})
+                scalars.update({f"activation/{k}": v for k, v in stats.items()})
+                scalars.update(self._param_norms())
+                summaries.write_scalars(self._writer("train"), done, scalars)
+            if done % c.histogram_every == 0:
+                summaries.write_histograms(
+                    self._writer("train"),
+                    done,
+                    {
+                        f"weights/{name}/{v.name.split(':')[0]}": v
+                        for name, layer in self.model.named_layers()
+                        for v in layer.trainable_variables
+                    },
+                )
+            if done % c.log_every == 0 or done == total:
+                elapsed = time.perf_counter() - window_start
+                steps_per_sec = window_steps / max(elapsed, 1e-9)
+                last = {
+                    "loss": window_loss / window_steps,
+                    "accuracy": window_acc / window_steps,
+                    "steps_per_sec": steps_per_sec,
+                    "images_per_sec": steps_per_sec * c.batch_size,
+                }
+                summaries.write_scalars(
+                    self._writer("train"),
+                    done,
+                    {
+                        "train/steps_per_sec": last["steps_per_sec"],
+                        "train/images_per_sec": last["images_per_sec"],
+                    },
+                )
+                eta = (total - done) / max(steps_per_sec, 1e-9)
+                self.log(
+                    f"step {done}/{total}  loss {last['loss']:.4f}  acc "
+                    f"{last['accuracy']:.4f}  {last['images_per_sec']:.0f} img/s  "
+                    f"ETA {_duration(eta)}"
+                )
+                window_start, window_steps, window_loss, window_acc = (
+                    time.perf_counter(),
+                    0,
+                    0.0,
+                    0.0,
+                )
+            if done % c.eval_every == 0 or done == total:
+                result = self.evaluate("val")
+                if result:
+                    self.log(
+                        f"step {done}/{total}  val loss {result['loss']:.4f}  val acc "
+                        f"{result['accuracy']:.4f}"
+                    )
+            if done % c.checkpoint_every == 0 or done == total:
+                self.manager.save(checkpoint_number=done)
+        for writer in self._writers.values():
+            writer.flush()
+        last["train_seconds"] = time.perf_counter() - run_start
+        return last
+
+    def _param_norms(self) -> dict:
+        return {
+            f"param_norm/{name}/{v.name.split(':')[0]}": tf.norm(v)
+            for name, layer in self.model.named_layers()
+            for v in layer.trainable_variables
+        }
+
+    def _stop_on_non_finite(self, step, images, labels, metrics) -> None:
+        """Names the first layer whose activations or gradients are not finite, then stops."""
+        _, stats = self.model.forward(images, training=False, collect_stats=True)
+        culprit = next(
+            (key.split("/")[0] for key, value in stats.items() if not np.isfinite(float(value))),
+            None,
+        )
+        if culprit is None:
+            culprit = next(
+                (
+                    name
+                    for name in self.layer_names
+                    if not np.isfinite(float(metrics[f"grad_norm/{name}"]))
+                ),
+                "the loss",
+            )
+        for writer in self._writers.values():
+            writer.flush()
+        raise RunError(
+            f"non-finite loss or gradient at step {step + 1} (loss {float(metrics['loss'])}); "
+            f"first non-finite layer: {culprit}. Training stopped; the last good checkpoint "
+            f"({self.manager.latest_checkpoint or 'none yet'}) is kept. Try a lower "
+            f"--learning_rate (now {self.config.learning_rate}) or a normalization."
+        )
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self, split: str = "test") -> dict:
+        """Inference-mode loss, accuracy and per-class accuracy on 'val' or 'test'.
+
+        Writes eval/<split>_loss and eval/<split>_accuracy at the current step.
+        """
+        if split == "val":
+            x, y = self.splits.val_x, self.splits.val_y
+        elif split == "test":
+            x, y = self.splits.test_x, self.splits.test_y
+        else:
+            raise UsageError(f"split must be val or test, got {split!r}")
+        if len(x) == 0:
+            return {}
+        dataset = data.eval_dataset(
+            x,
+            y,
+            batch_size=self.config.eval_batch_size,
+            pixel_mean=self.splits.pixel_mean,
+            pixel_std=self.splits.pixel_std,
+        )
+        loss_sum, predictions = 0.0, []
+        for images, labels in dataset:
+            batch_loss, batch_pred = self._eval_step(images, labels)
+            loss_sum += float(batch_loss)
+            predictions.append(batch_pred.numpy())
+        predictions = np.concatenate(predictions)
+        labels = np.asarray(y)
+        correct = predictions == labels
+        classes = self.splits.info.num_classes
+        per_class = [
+            float(correct[labels == k].mean()) if np.any(labels == k) else float("nan")
+            for k in range(classes)
+        ]
+        result = {
+            "loss": loss_sum / len(labels),
+            "accuracy": float(correct.mean()),
+            "per_class_accuracy": per_class,
+            "examples": int(len(labels)),
+            "predictions": predictions,
+        }
+        summaries.write_scalars(
+            self._writer("eval"),
+            int(self.step),
+            {f"eval/{split}_loss": result["loss"], f"eval/{split}_accuracy": result["accuracy"]},
+        )
+        return result
+
+    def train_and_evaluate(self) -> dict:
+        """Trains to the end, then evaluates on validation and test; writes metrics.json."""
+        train_metrics = self.train()
+        results = {"step": int(self.step), "total_steps": self.total_steps}
+        for split in ("val", "test"):
+            result = self.evaluate(split)
+            if result:
+                results[f"{split}_loss"] = result["loss"]
+                results[f"{split}_accuracy"] = result["accuracy"]
+                results[f"{split}_per_class_accuracy"] = result["per_class_accuracy"]
+        results["parameters"] = self.model.num_parameters()
+        results.update(
+            {k if k.startswith("train") else f"train_{k}": v for k, v in train_metrics.items()}
+        )
+        summaries.write_scalars(
+            self._writer("eval"),
+            int(self.step),
+            {
+                "final/test_accuracy": results["test_accuracy"],
+                "final/test_loss": results["test_loss"],
+            },
+        )
+        for writer in self._writers.values():
+            writer.flush()
+        _write_atomically(
+            os.path.join(self.model_dir, METRICS_FILE), json.dumps(results, indent=2) + "\n"
+        )
+        self.log(
+            f"test accuracy {results['test_accuracy']:.4f}  test loss "
+            f"{results['test_loss']:.4f}  ({self.model_dir}/{METRICS_FILE})"
+        )
+        return results
+
+    def hparams(self) -> dict:
+        c = self.config
+        return {
+            "norm": c.norm,
+            "norm_impl": c.norm_impl,
+            "arch": c.arch,
+            "learning_rate": c.learning_rate,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "optimizer": c.optimizer,
+            "dataset": c.dataset,
+        }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
