@@ -92,7 +92,9 @@ class Config:
         try:
             widths = tuple(int(w) for w in self.widths.split(",") if w.strip())
         except ValueError:
-            raise UsageError(f"--widths must be comma-separated integers, got {self.widths!r}")
+            raise UsageError(
+                f"--widths must be comma-separated integers, got {self.widths!r}"
+            ) from None
         return widths
 
     def model_config(self, image_shape, num_classes) -> ModelConfig:

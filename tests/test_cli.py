@@ -1,0 +1,134 @@
+"""train.py and eval.py end to end, as a user runs them: files written, errors and exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.fixtures import write_idx_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = [
+    "--batch_size=32",
+    "--validation_size=64",
+    "--widths=8",
+    "--dense_units=16",
+    "--checkpoint_every=4",
+    "--eval_every=4",
+    "--log_every=4",
+    "--summary_every=2",
+    "--eval_batch_size=64",
+]
+
+
+def run(program, *args):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, program), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("fmnist")
+    write_idx_dataset(str(directory))
+    return str(directory)
+
+
+def test_train_resume_and_eval(tmp_path, idx_dir):
+    run_a, run_b = str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")
+    r = run("train.py", f"--model_dir={run_a}", f"--data_dir={idx_dir}", "--train_steps=8", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert "step 8/8" in r.stdout and "test accuracy" in r.stdout
+    for path in (
+        "flags.txt",
+        "metrics.json",
+        "checkpoints/ckpt-8.index",
+        "checkpoints/ckpt-4.index",
+    ):
+        assert os.path.exists(os.path.join(run_a, path)), path
+    for sub in ("train", "eval"):
+        assert any(n.startswith("events.") for n in os.listdir(os.path.join(run_a, sub)))
+    assert "--norm=batch" in open(os.path.join(run_a, "flags.txt")).read()
+
+    # Resume with only --model_dir and a longer run: the saved flags are reused.
+    r = run("train.py", f"--model_dir={run_a}", "--train_steps=12")
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "step 12/12" in r.stdout
+    assert json.load(open(os.path.join(run_a, "metrics.json")))["step"] == 12
+    # A conflicting flag is refused and changes nothing.
+    before = open(os.path.join(run_a, "flags.txt")).read()
+    r = run("train.py", f"--model_dir={run_a}", "--norm=layer")
+    assert r.returncode == 2 and "--norm: batch -> layer" in r.stderr
+    assert open(os.path.join(run_a, "flags.txt")).read() == before
+
+    r = run(
+        "train.py",
+        f"--model_dir={run_b}",
+        f"--data_dir={idx_dir}",
+        "--train_steps=8",
+        "--norm=layer",
+        "--norm_impl=builtin",
+        *FAST,
+    )
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "cmp.json"
+    r = run(
+        "eval.py",
+        f"--model_dirs={tmp_path / 'runs'}",
+        f"--json={out}",
+        f"--markdown={tmp_path / 'cmp.md'}",
+        f"--csv={tmp_path / 'cmp.csv'}",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Prediction agreement between the two runs" in r.stdout
+    table = json.load(open(out))
+    assert [row["norm"] for row in table["runs"]] == ["batch", "layer"]
+    saved = json.load(open(os.path.join(run_a, "metrics.json")))
+    assert table["runs"][0]["test_acc"] == round(saved["test_accuracy"], 4)
+    assert "| run | norm |" in (tmp_path / "cmp.md").read_text()
+    assert (tmp_path / "cmp.csv").read_text().startswith("run,norm,impl")
+
+    # A named checkpoint.
+    r = run("eval.py", f"--model_dirs={run_a}", "--checkpoint=ckpt-8")
+    assert r.returncode == 0 and " 8 " in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--norm=bogus"], "value should be one of"),
+        (["--batch_size=0"], "--batch_size must be >= 1"),
+        (["--train_steps=-1"], "--train_steps must be >= 0"),
+        (["--learning_rate=abc"], "flag --learning_rate=abc"),
+        (["--norm=batch", "--batch_size=1"], "needs --batch_size >= 2"),
+    ],
+)
+def test_train_flag_errors_exit_2_without_creating_the_run(tmp_path, args, message):
+    model_dir = tmp_path / "run"
+    r = run("train.py", f"--model_dir={model_dir}", *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not model_dir.exists()
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("train.py", f"--model_dir={tmp_path / 'run'}", f"--data_dir={empty}")
+    assert r.returncode == 2
+    assert "train-images-idx3-ubyte" in r.stderr
+
+
+def test_eval_errors(tmp_path):
+    r = run("eval.py", f"--model_dirs={tmp_path}")
+    assert r.returncode == 2 and "neither a normlab run" in r.stderr
+    r = run("eval.py")
+    assert r.returncode == 2 and "--model_dirs is required" in r.stderr

@@ -1,0 +1,116 @@
+"""The CNN and its layers: shapes, variables, modes, custom == builtin on the same weights."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import CNN, NORMS, BatchNorm, ModelConfig
+
+COMBOS = [
+    (arch, norm, impl)
+    for arch in ("default", "course")
+    for norm in NORMS
+    for impl in ("custom", "builtin")
+]
+
+
+def _x(n=6, seed=0):
+    return tf.constant(np.random.default_rng(seed).normal(size=(n, 28, 28, 1)), tf.float32)
+
+
+@pytest.mark.parametrize("arch,norm,impl", COMBOS)
+def test_shapes_and_variables(arch, norm, impl):
+    model = CNN(ModelConfig(arch=arch, norm=norm, impl=impl))
+    logits, stats = model.forward(_x(), training=True, collect_stats=True)
+    assert logits.shape == (6, 10)
+    assert set(stats) == {
+        f"{layer}/{k}"
+        for layer in model.hidden_layer_names()
+        for k in ("pre_mean", "pre_std", "post_mean", "post_std")
+    }
+    names = {v.name.split(":")[0] for v in model.trainable_variables}
+    if norm == "weight":
+        assert {"v", "g", "bias"} == names  # every kernel reparameterised
+        assert not any(v.name.startswith("kernel") for v in model.trainable_variables)
+    elif norm in ("batch", "layer", "group"):
+        assert {"kernel", "gamma", "beta", "bias"} == names  # bias only on the logits
+        assert sum(v.name.startswith("bias") for v in model.trainable_variables) == 1
+    else:
+        assert {"kernel", "bias"} == names
+    if arch == "course":  # the exercise's net: 5x5x30 conv, 14*14*30 = 5880 -> 100 -> 10
+        conv_kernel = model.convs[0].v if norm == "weight" else model.convs[0].kernel
+        dense_kernel = model.dense.v if norm == "weight" else model.dense.kernel
+        assert conv_kernel.shape == (5, 5, 1, 30)
+        assert dense_kernel.shape == (5880, 100)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "group", "weight"])
+def test_custom_and_builtin_models_agree_on_the_same_weights(norm):
+    custom = CNN(ModelConfig(norm=norm, impl="custom", seed=3))
+    builtin = CNN(ModelConfig(norm=norm, impl="builtin", seed=3))
+    for a, b in zip(custom.variables, builtin.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # same init from the same seed
+    x = _x(16)
+    labels = tf.constant(np.arange(16) % 10)
+    grads = []
+    for model in (custom, builtin):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        grads.append((logits, tape.gradient(loss, model.trainable_variables)))
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
+    for ga, gb in zip(grads[0][1], grads[1][1]):
+        scale = max(float(tf.reduce_max(tf.abs(gb))), 1e-12)
+        assert float(tf.reduce_max(tf.abs(ga - gb))) / scale < 1e-3
+
+
+def test_batch_norm_moving_statistics_change_only_in_training():
+    bn = BatchNorm(3, momentum=0.9)
+    x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, (32, 3)), tf.float32)
+    bn(x, training=False)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), 0.0)
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), 1.0)
+    bn(x, training=True)
+    xn = x.numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * xn.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * xn.var(0), rtol=1e-5)
+    # Inference uses the moving statistics: (x - m) / sqrt(v + eps).
+    y = bn(x, training=False).numpy()
+    expected = (xn - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-3)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert not bn.moving_mean.trainable and bn.moving_mean.dtype == tf.float32
+
+
+def test_weight_norm_starts_as_the_plain_network():
+    plain = CNN(ModelConfig(norm="none", seed=5))
+    wn = CNN(ModelConfig(norm="weight", seed=5))
+    x = _x()
+    np.testing.assert_allclose(
+        wn(x, training=False), plain(x, training=False), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_data_dependent_init_standardizes_every_layer():
+    model = CNN(ModelConfig(norm="weight", seed=2))
+    x = _x(64, seed=4)
+    model.initialize_from_data(x)
+    _, stats = model.forward(x, training=False, collect_stats=True)
+    for layer in model.hidden_layer_names():
+        assert abs(float(stats[f"{layer}/pre_mean"])) < 1e-4
+        assert abs(float(stats[f"{layer}/pre_std"]) - 1.0) < 1e-3
+    logits = model(x, training=False).numpy()
+    np.testing.assert_allclose(logits.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(logits.std(0), 1.0, atol=1e-3)
+
+
+def test_group_count_is_a_divisor_of_each_layer():
+    model = CNN(ModelConfig(arch="course", norm="group", groups=8))
+    assert model.conv_norms[0].groups == 6  # 30 channels
+    assert model.dense_norm.groups == 5  # 100 units
+
+
+def test_bad_model_config():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        CNN(ModelConfig(norm="instance"))
+    with pytest.raises(ValueError, match="at most 4 conv blocks"):
+        CNN(ModelConfig(widths=(8, 8, 8, 8, 8)))

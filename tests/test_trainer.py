@@ -1,0 +1,247 @@
+"""The trainer: one step trains every variable, checkpoints resume exactly, summaries, metrics."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.fixtures import tiny_splits
+from trainer.config import Config
+from trainer.errors import RunError, UsageError
+from trainer.optim import SGD, Adam, learning_rate
+from trainer.trainer import Trainer
+
+SMALL = dict(
+    batch_size=32,
+    train_steps=12,
+    eval_every=6,
+    checkpoint_every=5,
+    log_every=4,
+    summary_every=3,
+    histogram_every=6,
+    eval_batch_size=50,
+    widths="8,16",
+    dense_units=32,
+    learning_rate=0.05,
+)
+
+
+def _trainer(tmp_path, name="run", splits=None, **overrides):
+    config = Config(**{**SMALL, **overrides})
+    return Trainer(config, str(tmp_path / name), splits=splits or tiny_splits(), log=lambda _: None)
+
+
+def _weights(trainer):
+    return [v.numpy().copy() for v in trainer.model.variables]
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer", "weight", "group"])
+@pytest.mark.parametrize("impl", ["custom", "builtin"])
+def test_one_step_changes_every_trainable_variable(tmp_path, norm, impl):
+    trainer = _trainer(tmp_path, norm=norm, norm_impl=impl)
+    before = [v.numpy().copy() for v in trainer.variables]
+    images, labels = next(iter(trainer_dataset(trainer)))
+    metrics, _ = trainer._train_step(images, labels, False)
+    assert bool(metrics["finite"])
+    for var, old in zip(trainer.variables, before):
+        assert not np.array_equal(var.numpy(), old), f"{var.name} did not change"
+    assert int(trainer.step) == 1
+
+
+def trainer_dataset(trainer):
+    import data
+
+    s = trainer.splits
+    return data.train_dataset(
+        s.train_x,
+        s.train_y,
+        batch_size=trainer.config.batch_size,
+        seed=trainer.config.seed,
+        pixel_mean=s.pixel_mean,
+        pixel_std=s.pixel_std,
+    )
+
+
+def test_training_learns_and_writes_metrics(tmp_path):
+    trainer = _trainer(tmp_path, train_steps=60, norm="batch")
+    results = trainer.train_and_evaluate()
+    assert results["test_accuracy"] > 0.5  # chance is 0.1 on the synthetic task
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test_accuracy"] == results["test_accuracy"]
+    assert saved["step"] == 60 and len(saved["test_per_class_accuracy"]) == 10
+
+
+def test_same_seed_same_weights_and_restart_equals_uninterrupted(tmp_path):
+    splits = tiny_splits()
+    uninterrupted = _trainer(tmp_path, "a", splits)
+    uninterrupted.train()
+    same = _trainer(tmp_path, "b", splits)
+    same.train()
+    for x, y in zip(_weights(uninterrupted), _weights(same)):
+        np.testing.assert_array_equal(x, y)
+
+    # A run that crashes at step 8 (last checkpoint: 5) and is restarted.
+    class Crash(Exception):
+        pass
+
+    def crash_at_8(line):
+        if line.startswith("step 8/"):
+            raise Crash()
+
+    config = Config(**SMALL)
+    crashed = Trainer(config, str(tmp_path / "c"), splits=splits, log=crash_at_8)
+    with pytest.raises(Crash):
+        crashed.train()
+    resumed = Trainer(config, str(tmp_path / "c"), splits=splits, log=lambda _: None)
+    assert int(resumed.step) == 5
+    resumed.train()
+    for x, y in zip(_weights(uninterrupted), _weights(resumed)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_save_restore_gives_identical_evaluation(tmp_path):
+    splits = tiny_splits()
+    trainer = _trainer(tmp_path, splits=splits, norm="batch")
+    trainer.train()
+    first = trainer.evaluate("test")
+    restored = Trainer(
+        trainer.config, str(tmp_path / "run"), splits=splits, log=lambda _: None, read_only=True
+    )
+    second = restored.evaluate("test")
+    assert first["loss"] == second["loss"] and first["accuracy"] == second["accuracy"]
+    np.testing.assert_array_equal(first["predictions"], second["predictions"])
+    # Moving statistics were restored too (they moved away from their initial 0 / 1).
+    bn = restored.model.conv_norms[0]
+    assert not np.allclose(bn.moving_mean.numpy(), 0.0)
+
+
+def test_resume_with_conflicting_flags_is_refused(tmp_path):
+    splits = tiny_splits()
+    _trainer(tmp_path, splits=splits).train()
+    with pytest.raises(UsageError, match="--norm: batch -> layer"):
+        _trainer(tmp_path, splits=splits, norm="layer")
+    # Bookkeeping flags may change.
+    t = _trainer(tmp_path, splits=splits, train_steps=15, log_every=5)
+    assert int(t.step) == 12
+
+
+def test_checkpoints_kept_and_temporary_directories_removed(tmp_path):
+    splits = tiny_splits()
+    trainer = _trainer(tmp_path, splits=splits, max_to_keep=2)
+    trainer.train()
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.glob("*.index")) == ["ckpt-10.index", "ckpt-12.index"]
+    (ckpt_dir / "ckpt-15_temp").mkdir()
+    (ckpt_dir / "ckpt-15_temp" / "part").write_text("half a save")
+    lines = []
+    Trainer(trainer.config, str(tmp_path / "run"), splits=splits, log=lines.append)
+    assert not (ckpt_dir / "ckpt-15_temp").exists()
+    assert any("ckpt-15_temp" in line for line in lines)
+
+
+def test_summaries_have_the_documented_tags(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    trainer = _trainer(tmp_path, norm="weight")
+    trainer.train_and_evaluate()
+
+    def tags(sub):
+        acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / sub))
+        acc.Reload()
+        return set(acc.Tags()["tensors"])
+
+    train = tags("train")
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "train/learning_rate",
+        "train/steps_per_sec",
+        "train/images_per_sec",
+        "grad_norm/global",
+        "grad_norm/conv1",
+        "activation/conv1/pre_mean",
+        "activation/dense1/post_std",
+        "param_norm/conv1/g",
+        "weights/conv1/v",
+    ):
+        assert tag in train, tag
+    assert {"eval/val_accuracy", "eval/test_accuracy", "final/test_accuracy"} <= tags("eval")
+
+
+def test_non_finite_loss_stops_with_the_layer_and_keeps_the_checkpoint(tmp_path):
+    splits = tiny_splits()
+    trainer = _trainer(tmp_path, splits=splits, norm="none", train_steps=12)
+    trainer.train()
+    # Poison conv2's kernel: its activations become non-finite.
+    trainer.model.convs[1].kernel.assign(tf.fill(trainer.model.convs[1].kernel.shape, np.inf))
+    trainer.total_steps = 20
+    before = [v.numpy().copy() for v in trainer.variables]
+    with pytest.raises(RunError, match=r"step 13 .*first non-finite layer: conv2"):
+        trainer.train()
+    for var, old in zip(trainer.variables, before):
+        np.testing.assert_array_equal(var.numpy(), old)  # the bad step applied nothing
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-12")
+
+
+def test_sgd_and_adam_updates_by_hand():
+    w = tf.Variable([1.0, -2.0])
+    sgd = SGD([w], momentum=0.5)
+    sgd.apply([tf.constant([0.5, 1.0])], [w], tf.constant(0.1))
+    np.testing.assert_allclose(w.numpy(), [0.95, -2.1])
+    sgd.apply([tf.constant([0.5, 1.0])], [w], tf.constant(0.1))  # m = 0.5 m + g = 1.5 g
+    np.testing.assert_allclose(w.numpy(), [0.875, -2.25], rtol=1e-6)
+    w = tf.Variable([1.0])
+    adam = Adam([w])
+    adam.apply([tf.constant([0.2])], [w], tf.constant(0.01))
+    # First Adam step: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps) ~ lr.
+    np.testing.assert_allclose(w.numpy(), [1.0 - 0.01 * 0.2 / (0.2 + 1e-7)], rtol=1e-6)
+
+
+def test_learning_rate_schedules():
+    def lr(step, **kw):
+        args = dict(peak=1.0, total_steps=100, warmup_steps=0, schedule="cosine")
+        return float(learning_rate(step, **{**args, **kw}))
+
+    assert lr(0) == 1.0 and abs(lr(50) - 0.5) < 1e-6 and lr(100) < 1e-6
+    assert lr(10, warmup_steps=20) == pytest.approx(11 / 20)
+    assert lr(70, schedule="constant") == 1.0
+
+
+def test_config_flagfile_round_trip_and_validation(tmp_path):
+    config = Config(norm="group", groups=4, augment=True, learning_rate=0.125, data_dir="/d")
+    path = tmp_path / "flags.txt"
+    path.write_text(config.to_flagfile())
+    assert Config.from_flagfile(str(path)) == config
+    for bad, message in [
+        (dict(batch_size=0), "--batch_size must be >= 1"),
+        (dict(norm="batch", batch_size=1), "needs --batch_size >= 2"),
+        (dict(learning_rate=-1.0), "--learning_rate must be > 0"),
+        (dict(norm="bogus"), "is not one of"),
+        (dict(train_steps=-5), "--train_steps must be >= 0"),
+        (dict(widths="8,x"), "comma-separated integers"),
+        (dict(wn_init="data", norm="batch"), "applies to --norm=weight"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            dataclasses.replace(config, **bad).validate()
+    path.write_text("--norm=batch\n--nonsense=3\n")
+    with pytest.raises(UsageError, match="unknown setting --nonsense"):
+        Config.from_flagfile(str(path))
+
+
+def test_model_dir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        Trainer(Config(**SMALL), str(tmp_path / "file"), splits=tiny_splits())
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_wn_data_init_runs_on_the_first_batch(tmp_path):
+    lines = []
+    config = Config(**{**SMALL, "norm": "weight", "wn_init": "data", "train_steps": 2})
+    trainer = Trainer(config, str(tmp_path / "run"), splits=tiny_splits(), log=lines.append)
+    trainer.train()
+    assert any("data-dependent init" in line for line in lines)
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "ckpt-2.index")
