@@ -42,7 +42,10 @@ def main() -> int:
     config = cli.config_from_flags(base)
     config.validate()  # before the model_dir is created: a bad flag leaves nothing behind
     trainer = Trainer(config, FLAGS.model_dir)
-    trainer.train_and_evaluate()
+    try:
+        trainer.train_and_evaluate()
+    finally:
+        trainer.close()
     print(f"TensorBoard: tensorboard --logdir={FLAGS.model_dir}")
     return 0
 

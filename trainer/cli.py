@@ -62,7 +62,8 @@ def parse_flags_or_exit(argv: list[str], program: str) -> list[str]:
 
 
 def run_main(main: Callable[[], int], program: str) -> int:
-    """Runs main; a UsageError/DatasetError exits 2, a RunError 1, each as one paragraph.
+    """Runs main; a UsageError/DatasetError exits 2, a RunError 1 (an interruption 128 +
+    signal), each as one paragraph.
 
     Other exceptions are bugs: their trace is printed (NORMLAB_TRACEBACK=1 prints it for the
     expected errors too).
@@ -74,6 +75,6 @@ def run_main(main: Callable[[], int], program: str) -> int:
     except (UsageError, DatasetError, RunError) as e:
         if os.environ.get("NORMLAB_TRACEBACK"):
             traceback.print_exc()
-        code = 1 if isinstance(e, RunError) else 2
+        code = getattr(e, "exit_code", 2)
         print(f"{program}: error: {e}", file=sys.stderr)
         return code

@@ -221,3 +221,27 @@ def _parse(field: dataclasses.Field, text: str, where: str):
 
 def flags_path(model_dir: str) -> str:
     return os.path.join(model_dir, FLAGS_FILE)
+
+
+def flags_markdown() -> str:
+    """train.py's flags as a Markdown table (the README's), generated from the fields."""
+    lines = ["| flag | default | meaning |", "|---|---|---|"]
+    lines.append(
+        "| `--model_dir` | (required) | Run directory: flags, checkpoints, summaries, "
+        "metrics. An existing one is resumed with its saved flags. |"
+    )
+    for f in dataclasses.fields(Config):
+        default = f.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        help_text = f.metadata["help"]
+        if f.metadata["choices"]:
+            help_text += f" One of: {', '.join(f.metadata['choices'])}."
+        if f.metadata["resumable"]:
+            help_text += " May change on resume."
+        lines.append(f"| `--{f.name}` | `{default}` | {help_text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(flags_markdown())

@@ -6,6 +6,7 @@ model_dir layout (self-describing):
     train/, eval/    TensorBoard event files (eval/ holds validation and test)
     events.*         the HParams record of this run (TensorBoard's HParams dashboard)
     metrics.json     final metrics, written when training completes
+    lock             held while a training runs (pid, host, start time)
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -21,7 +24,7 @@ import tensorflow as tf
 
 import data
 from models.cnn import CNN
-from trainer import summaries
+from trainer import lock, summaries
 from trainer.config import Config, flags_path
 from trainer.errors import RunError, UsageError
 from trainer.optim import learning_rate, make_optimizer
@@ -73,6 +76,14 @@ def remove_temporary_checkpoints(checkpoint_dir: str) -> list[str]:
     return removed
 
 
+class Interrupted(RunError):
+    """SIGINT/SIGTERM stopped training after saving a checkpoint; exit code 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 class Trainer:
     """Trains and evaluates one CNN in one model_dir, resuming from its latest checkpoint."""
 
@@ -106,6 +117,7 @@ class Trainer:
         self.model_dir = model_dir
         self.log = log
         if not read_only:
+            lock.acquire(model_dir, log)
             self._check_or_save_flags()
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -272,6 +284,12 @@ class Trainer:
             f"training {c.norm} norm ({c.norm_impl}) on {c.dataset}: steps {start} -> "
             f"{total}, {self.steps_per_epoch} steps per epoch, batch {c.batch_size}"
         )
+        with _StopOnSignals() as stop:
+            return self._train_loop(batches, start, total, stop)
+
+    def _train_loop(self, batches, start: int, total: int, stop: "_StopOnSignals") -> dict:
+        """The loop of `train`: steps, summaries, logs, validation, checkpoints, signals."""
+        c = self.config
         window_start, window_steps, window_loss, window_acc = time.perf_counter(), 0, 0.0, 0.0
         run_start = time.perf_counter()
         last = {}
@@ -340,10 +358,30 @@ class Trainer:
                     )
             if done % c.checkpoint_every == 0 or done == total:
                 self.manager.save(checkpoint_number=done)
-        for writer in self._writers.values():
-            writer.flush()
+            elif stop.signum is not None:
+                self.manager.save(checkpoint_number=done)
+            if stop.signum is not None:
+                self.close()
+                name = signal.Signals(stop.signum).name
+                raise Interrupted(
+                    f"{name} received: stopped at step {done} of {total} after "
+                    f"saving {self.manager.latest_checkpoint}. Run the same "
+                    "command again to resume.",
+                    stop.signum,
+                )
+        self.flush()
         last["train_seconds"] = time.perf_counter() - run_start
         return last
+
+    def flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        """Flushes summaries and releases the model_dir lock."""
+        self.flush()
+        if not self.read_only:
+            lock.release(self.model_dir)
 
     def _param_norms(self) -> dict:
         return {
@@ -368,8 +406,7 @@ class Trainer:
                 ),
                 "the loss",
             )
-        for writer in self._writers.values():
-            writer.flush()
+        self.close()
         raise RunError(
             f"non-finite loss or gradient at step {step + 1} (loss {float(metrics['loss'])}); "
             f"first non-finite layer: {culprit}. Training stopped; the last good checkpoint "
@@ -448,11 +485,10 @@ class Trainer:
                 "final/test_loss": results["test_loss"],
             },
         )
-        for writer in self._writers.values():
-            writer.flush()
         _write_atomically(
             os.path.join(self.model_dir, METRICS_FILE), json.dumps(results, indent=2) + "\n"
         )
+        self.close()
         self.log(
             f"test accuracy {results['test_accuracy']:.4f}  test loss "
             f"{results['test_loss']:.4f}  ({self.model_dir}/{METRICS_FILE})"
@@ -471,6 +507,29 @@ class Trainer:
             "optimizer": c.optimizer,
             "dataset": c.dataset,
         }
+
+
+class _StopOnSignals:
+    """Within the block, SIGINT and SIGTERM only record themselves: the training loop stops at
+    the end of the current step, saves and exits cleanly instead of dying mid-save."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _duration(seconds: float) -> str:
