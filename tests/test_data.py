@@ -435,7 +435,7 @@ def test_train_dataset_is_infinite():
 
 
 def _epoch_orders(ds, steps, epochs):
-    labels = np.concatenate([l for _, l in _take(ds, steps * epochs)])
+    labels = np.concatenate([batch_labels for _, batch_labels in _take(ds, steps * epochs)])
     return labels.reshape(epochs, -1)
 
 
@@ -497,7 +497,7 @@ def test_train_augmentation_flips_and_shifts():
     plain = _take(_train(x, y), 6)
     augmented = _take(_train(x, y, augment=True), 6)
     seen = set()
-    for (images, labels), (plain_images, plain_labels) in zip(augmented, plain):
+    for (images, labels), (_, plain_labels) in zip(augmented, plain):
         # Augmentation changes pixels, not the order.
         np.testing.assert_array_equal(labels, plain_labels)
         for image, label in zip(images, labels):
