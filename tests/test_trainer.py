@@ -128,18 +128,69 @@ def test_resume_with_conflicting_flags_is_refused(tmp_path):
     assert int(t.step) == 12
 
 
-def test_checkpoints_kept_and_temporary_directories_removed(tmp_path):
+def test_checkpoints_kept_and_debris_of_killed_saves_removed(tmp_path):
     splits = tiny_splits()
     trainer = _trainer(tmp_path, splits=splits, max_to_keep=2)
     trainer.train()
     ckpt_dir = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpt_dir.glob("*.index")) == ["ckpt-10.index", "ckpt-12.index"]
+    # What a kill mid-save leaves: a temp directory, files of a checkpoint never recorded,
+    # and (killed between recording and deleting) one recorded checkpoint too many.
     (ckpt_dir / "ckpt-15_temp").mkdir()
     (ckpt_dir / "ckpt-15_temp" / "part").write_text("half a save")
+    for suffix in (".index", ".data-00000-of-00001"):
+        (ckpt_dir / f"ckpt-14{suffix}").write_bytes((ckpt_dir / f"ckpt-12{suffix}").read_bytes())
+        (ckpt_dir / f"ckpt-5{suffix}").write_bytes((ckpt_dir / f"ckpt-10{suffix}").read_bytes())
+    state = tf.train.get_checkpoint_state(str(ckpt_dir))
+    tf.compat.v1.train.update_checkpoint_state(
+        str(ckpt_dir),
+        state.model_checkpoint_path,
+        all_model_checkpoint_paths=[str(ckpt_dir / "ckpt-5")]
+        + list(state.all_model_checkpoint_paths),
+        all_model_checkpoint_timestamps=[state.all_model_checkpoint_timestamps[0] - 1]
+        + list(state.all_model_checkpoint_timestamps),
+        last_preserved_timestamp=state.last_preserved_timestamp,
+    )
     lines = []
-    Trainer(trainer.config, str(tmp_path / "run"), splits=splits, log=lines.append)
+    resumed = Trainer(trainer.config, str(tmp_path / "run"), splits=splits, log=lines.append)
     assert not (ckpt_dir / "ckpt-15_temp").exists()
-    assert any("ckpt-15_temp" in line for line in lines)
+    assert sorted(p.name for p in ckpt_dir.glob("*.index")) == ["ckpt-10.index", "ckpt-12.index"]
+    assert [os.path.basename(p) for p in resumed.manager.checkpoints] == ["ckpt-10", "ckpt-12"]
+    assert int(resumed.step) == 12
+    # The manager still rotates: two more saves leave the newest two.
+    resumed.total_steps = 16
+    resumed.train()
+    assert sorted(p.name for p in ckpt_dir.glob("*.index")) == ["ckpt-15.index", "ckpt-16.index"]
+    text = "\n".join(lines)
+    assert "ckpt-15_temp" in text and "ckpt-14" in text and "ckpt-5" in text
+
+
+def test_resumed_summaries_have_each_step_once(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    splits = tiny_splits()
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_8(line):
+        if line.startswith("step 8/"):
+            raise Crash()
+
+    config = Config(**{**SMALL, "summary_every": 1})
+    crashed = Trainer(config, str(tmp_path / "run"), splits=splits, log=crash_at_8)
+    with pytest.raises(Crash):
+        crashed.train()
+    crashed.flush()  # what a killed process's writer had flushed: steps 1..8
+    lines = []
+    resumed = Trainer(config, str(tmp_path / "run"), splits=splits, log=lines.append)
+    assert any("dropped" in line and "after step 5" in line for line in lines), lines
+    resumed.train_and_evaluate()
+    acc = event_accumulator.EventAccumulator(
+        str(tmp_path / "run" / "train"), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    assert [e.step for e in acc.Tensors("train/loss")] == list(range(1, 13))
 
 
 def test_summaries_have_the_documented_tags(tmp_path):

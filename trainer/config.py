@@ -85,6 +85,12 @@ class Config:
     deterministic: bool = _field(
         True, "Deterministic ops: same seed and flags, same weights.", resumable=True
     )
+    check_numerics: bool = _field(
+        False,
+        "Debugging: TensorFlow's check_numerics on every op (slow), to find the op that "
+        "first makes a NaN or Inf.",
+        resumable=True,
+    )
 
     # -- derived values --------------------------------------------------------------------
 

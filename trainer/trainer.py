@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -24,7 +23,7 @@ import tensorflow as tf
 
 import data
 from models.cnn import CNN
-from trainer import lock, summaries
+from trainer import checkpoints, events, lock, summaries
 from trainer.config import Config, flags_path
 from trainer.errors import RunError, UsageError
 from trainer.optim import learning_rate, make_optimizer
@@ -62,18 +61,6 @@ def prepare_model_dir(model_dir: str) -> None:
         raise UsageError(
             f"--model_dir={model_dir} is not writable. Choose a directory you can write to."
         )
-
-
-def remove_temporary_checkpoints(checkpoint_dir: str) -> list[str]:
-    """Deletes the `*_temp*` directories a save killed midway leaves behind; returns them."""
-    removed = []
-    if os.path.isdir(checkpoint_dir):
-        for name in sorted(os.listdir(checkpoint_dir)):
-            path = os.path.join(checkpoint_dir, name)
-            if "_temp" in name and os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
-    return removed
 
 
 class Interrupted(RunError):
@@ -121,6 +108,8 @@ class Trainer:
             self._check_or_save_flags()
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
+        if config.check_numerics:
+            tf.debugging.enable_check_numerics()
 
         self.splits = (
             splits
@@ -145,13 +134,24 @@ class Trainer:
             step=self.step, model=self.model, optimizer=self.optimizer
         )
         checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
-        if not read_only:
-            for name in remove_temporary_checkpoints(checkpoint_dir):
+        if not read_only:  # repair what a killed save left behind (trainer/checkpoints.py)
+            for name in checkpoints.remove_temporary(checkpoint_dir):
                 self.log(f"removed {name}: a checkpoint whose save was interrupted")
+            for name in checkpoints.remove_unlisted_and_excess(checkpoint_dir, config.max_to_keep):
+                self.log(f"removed {name}: not (or no longer) listed as a kept checkpoint")
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, checkpoint_dir, max_to_keep=config.max_to_keep, step_counter=self.step
         )
         self._restore(self.manager.latest_checkpoint)
+        if not read_only:
+            # Summaries written after the checkpoint we resume from would appear twice.
+            for sub in ("train", "eval"):
+                dropped = events.truncate_after(os.path.join(model_dir, sub), int(self.step))
+                if dropped:
+                    self.log(
+                        f"dropped {dropped} {sub} summaries written after step "
+                        f"{int(self.step)} by the interrupted run"
+                    )
 
         self._train_step = tf.function(self._train_step_impl)
         self._eval_step = tf.function(self._eval_step_impl)

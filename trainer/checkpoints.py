@@ -1,0 +1,68 @@
+"""Startup repairs of a checkpoint directory after a training process was killed.
+
+tf.train.CheckpointManager writes a checkpoint's files under a `*_temp` name, renames them,
+then records the checkpoint in the `checkpoint` state file and deletes the oldest beyond
+max_to_keep. A kill can stop it between any two of these, leaving (measured with TF 2.21):
+  * `ckpt-N_temp/` directories, never cleaned up;
+  * complete `ckpt-N.*` files the state file does not list (killed before recording them);
+  * more recorded checkpoints than max_to_keep (killed between recording and deleting).
+The state file itself always names a complete checkpoint, so resuming from it is safe; these
+functions remove the debris so the directory again holds exactly what the manager lists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import tensorflow as tf
+
+_CHECKPOINT_FILE = re.compile(r"^(?P<prefix>ckpt-\d+)\.(index|data-\d{5}-of-\d{5})$")
+
+
+def remove_temporary(checkpoint_dir: str) -> list[str]:
+    """Deletes the `*_temp*` directories an interrupted save leaves; returns their names."""
+    removed = []
+    if os.path.isdir(checkpoint_dir):
+        for name in sorted(os.listdir(checkpoint_dir)):
+            path = os.path.join(checkpoint_dir, name)
+            if "_temp" in name and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+    return removed
+
+
+def remove_unlisted_and_excess(checkpoint_dir: str, max_to_keep: int) -> list[str]:
+    """Deletes checkpoints the state file does not list, and the oldest beyond max_to_keep.
+
+    Call it before creating the CheckpointManager, which then reads the tidied state. Returns
+    the checkpoint prefixes removed; the latest checkpoint is never removed.
+    """
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    listed = list(state.all_model_checkpoint_paths) if state else []
+    if state and state.model_checkpoint_path not in listed:
+        listed.append(state.model_checkpoint_path)
+    keep = listed[-max_to_keep:]
+    keep_names = {os.path.basename(p) for p in keep}
+    removed = []
+    for name in sorted(os.listdir(checkpoint_dir)):
+        match = _CHECKPOINT_FILE.match(name)
+        if match and match.group("prefix") not in keep_names:
+            os.remove(os.path.join(checkpoint_dir, name))
+            if match.group("prefix") not in removed:
+                removed.append(match.group("prefix"))
+    if len(keep) < len(listed):
+        # The state must list only what is left. Its timestamps go along: the manager only
+        # manages (and later rotates out) checkpoints that have one.
+        stamps = dict(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps))
+        tf.compat.v1.train.update_checkpoint_state(
+            checkpoint_dir,
+            state.model_checkpoint_path,
+            all_model_checkpoint_paths=keep,
+            all_model_checkpoint_timestamps=[stamps[p] for p in keep if p in stamps] or None,
+            last_preserved_timestamp=state.last_preserved_timestamp,
+        )
+    return removed
