@@ -95,22 +95,13 @@ class Trainer:
         """
         config.validate()
         self.read_only = read_only
-        if read_only:
-            if not os.path.isdir(model_dir):
-                raise UsageError(f"{model_dir} is not a directory")
-        else:
-            prepare_model_dir(model_dir)
         self.config = config
         self.model_dir = model_dir
         self.log = log
-        if not read_only:
-            lock.acquire(model_dir, log)
-            self._check_or_save_flags()
-        if config.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        if config.check_numerics:
-            tf.debugging.enable_check_numerics()
-
+        if read_only and not os.path.isdir(model_dir):
+            raise UsageError(f"{model_dir} is not a directory")
+        # The data first: a missing dataset or a batch larger than it fails before anything
+        # is written into model_dir.
         self.splits = (
             splits
             if splits is not None
@@ -118,6 +109,24 @@ class Trainer:
         )
         self.steps_per_epoch = data.steps_per_epoch(len(self.splits.train_x), config.batch_size)
         self.total_steps = config.total_steps(self.steps_per_epoch)
+        if not read_only:
+            prepare_model_dir(model_dir)
+            lock.acquire(model_dir, log)
+        try:
+            self._build(config, model_dir, read_only)
+        except BaseException:
+            if not read_only:  # a run that failed to open must not look held by a dead pid
+                lock.release(model_dir)
+            raise
+
+    def _build(self, config: Config, model_dir: str, read_only: bool) -> None:
+        """The rest of __init__, under the model_dir lock: flags, model, checkpoint, restore."""
+        if not read_only:
+            self._check_or_save_flags()
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        if config.check_numerics:
+            tf.debugging.enable_check_numerics()
 
         info = self.splits.info
         self.model = CNN(config.model_config(info.image_shape, info.num_classes))
@@ -160,17 +169,23 @@ class Trainer:
     # -- model_dir bookkeeping ---------------------------------------------------------------
 
     def _check_or_save_flags(self) -> None:
+        """Saves the flags; refuses settings that differ from a saved run's checkpoints."""
         path = flags_path(self.model_dir)
         if os.path.exists(path):
             saved = Config.from_flagfile(path)
             conflicts = saved.differences(self.config)
-            if conflicts:
+            has_checkpoint = (
+                tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_DIR)) is not None
+            )
+            if conflicts and has_checkpoint:
                 raise UsageError(
                     f"{self.model_dir} holds a run with other settings; resuming it with these "
                     f"would mix two experiments: {'; '.join(conflicts)}. Resume with the saved "
                     f"flags (train.py --model_dir={self.model_dir} alone reuses them) or choose "
                     "a new --model_dir."
                 )
+            if conflicts:
+                self.log(f"replacing the flags of {self.model_dir}: it has no checkpoint yet")
         _write_atomically(path, self.config.to_flagfile())
 
     def restore(self, path: str) -> None:
