@@ -6,6 +6,7 @@ from core.batch_norm import (
     batch_norm_inference,
     moving_average_update,
 )
+from core.cross_replica import cross_replica_moments, sync_batch_norm_and_moments
 from core.layer_norm import group_norm, layer_norm, rms_norm
 from core.stats import moments, normalize
 from core.weight_norm import data_dependent_init, kernel_norm, weight_norm
@@ -15,6 +16,8 @@ __all__ = [
     "batch_norm_and_moments",
     "batch_norm_inference",
     "moving_average_update",
+    "cross_replica_moments",
+    "sync_batch_norm_and_moments",
     "layer_norm",
     "group_norm",
     "rms_norm",
