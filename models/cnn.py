@@ -29,6 +29,8 @@ class ModelConfig:
         groups: group norm's group count: per layer, the largest divisor of its channels
             not above this.
         momentum, eps: batch norm's moving-average momentum; eps of every norm.
+        sync: under tf.distribute, batch norm uses the global batch's statistics (no effect
+            on one device; layer, group and weight norm need no synchronization).
     """
 
     arch: str = "default"
@@ -42,6 +44,7 @@ class ModelConfig:
     image_shape: tuple[int, int, int] = (28, 28, 1)
     num_classes: int = 10
     seed: int = 0
+    sync: bool = False
 
     def resolved(self) -> "ModelConfig":
         """The config with the course architecture's fixed sizes filled in."""
@@ -120,7 +123,9 @@ class CNN(tf.Module):
     def _make_norm(self, channels: int, name: str):
         c = self.config
         if c.norm == "batch":
-            return BatchNorm(channels, impl=c.impl, momentum=c.momentum, eps=c.eps, name=name)
+            return BatchNorm(
+                channels, impl=c.impl, momentum=c.momentum, eps=c.eps, sync=c.sync, name=name
+            )
         if c.norm == "layer":
             return LayerNorm(channels, impl=c.impl, eps=c.eps, name=name)
         if c.norm == "group":

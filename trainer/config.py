@@ -91,6 +91,31 @@ class Config:
         "first makes a NaN or Inf.",
         resumable=True,
     )
+    # Distribution.
+    strategy: str = _field(
+        "default",
+        "default: one device; mirrored: every visible device of this machine; "
+        "multi_worker: several machines, configured by TF_CONFIG.",
+        ("default", "mirrored", "multi_worker"),
+        resumable=True,
+    )
+    sync_batch_norm: bool = _field(
+        True,
+        "With several replicas, batch norm uses the statistics of the global batch "
+        "(false: each replica's own).",
+    )
+    virtual_cpus: int = _field(
+        0,
+        "Split the CPU into this many logical devices (0: don't), to run "
+        "--strategy=mirrored on a machine without GPUs.",
+        resumable=True,
+    )
+    collective_timeout: float = _field(
+        300.0,
+        "multi_worker: seconds a cross-worker all-reduce may wait for a lost worker "
+        "before the run stops with an error.",
+        resumable=True,
+    )
 
     # -- derived values --------------------------------------------------------------------
 
@@ -116,6 +141,7 @@ class Config:
             image_shape=tuple(image_shape),
             num_classes=num_classes,
             seed=self.seed,
+            sync=self.sync_batch_norm,
         )
 
     def total_steps(self, steps_per_epoch: int) -> int:
@@ -147,7 +173,14 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("validation_size", "warmup_steps", "train_steps", "seed"):
+        for name in (
+            "validation_size",
+            "warmup_steps",
+            "train_steps",
+            "seed",
+            "virtual_cpus",
+            "collective_timeout",
+        ):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if self.train_steps == 0 and not self.epochs > 0:

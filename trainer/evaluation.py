@@ -86,7 +86,7 @@ def evaluate_runs(
                 model_dir=model_dir,
                 config=config,
                 checkpoint=used,
-                step=int(trainer.step),
+                step=trainer.current_step,
                 test_accuracy=result["accuracy"],
                 test_loss=result["loss"],
                 parameters=trainer.model.num_parameters(),

@@ -23,6 +23,8 @@ def write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
 
 
 def write_histograms(writer, step: int, tensors: Mapping[str, tf.Tensor]) -> None:
+    if writer is None:
+        return
     with writer.as_default(step=step):
         for tag, value in tensors.items():
             tf.summary.histogram(tag, value)
@@ -30,5 +32,7 @@ def write_histograms(writer, step: int, tensors: Mapping[str, tf.Tensor]) -> Non
 
 def write_hparams(writer, hparams: Mapping[str, object], trial_id: str) -> None:
     """The run's hyper-parameters, for TensorBoard's HParams dashboard across runs."""
+    if writer is None:
+        return
     with writer.as_default():
         hparams_api.hparams(dict(hparams), trial_id=trial_id)

@@ -7,12 +7,19 @@ model_dir layout (self-describing):
     events.*         the HParams record of this run (TensorBoard's HParams dashboard)
     metrics.json     final metrics, written when training completes
     lock             held while a training runs (pid, host, start time)
+    .worker-N/       multi_worker only: worker N's scratch checkpoints, deleted when it ends
+
+Under tf.distribute (--strategy) every variable is created in the strategy's scope, one
+compiled step runs on every replica (strategy.run) with the loss divided by the global batch,
+gradients are summed over replicas and applied once; only the chief (worker 0) writes flags,
+summaries, metrics and the checkpoints that count.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -23,7 +30,7 @@ import tensorflow as tf
 
 import data
 from models.cnn import CNN
-from trainer import checkpoints, events, lock, summaries
+from trainer import checkpoints, distribute, events, lock, summaries
 from trainer.config import Config, flags_path
 from trainer.errors import RunError, UsageError
 from trainer.optim import learning_rate, make_optimizer
@@ -100,6 +107,17 @@ class Trainer:
         self.log = log
         if read_only and not os.path.isdir(model_dir):
             raise UsageError(f"{model_dir} is not a directory")
+        # First of all: logical CPU devices must be configured before TensorFlow runs an op.
+        self.strategy = (
+            tf.distribute.get_strategy()
+            if read_only
+            else distribute.make_strategy(
+                config.strategy, config.virtual_cpus, config.collective_timeout
+            )
+        )
+        self.is_chief = distribute.is_chief(self.strategy)
+        # Whether this process writes the run directory: not for evaluation, not a non-chief.
+        self.writes = not read_only and self.is_chief
         # The data first: a missing dataset or a batch larger than it fails before anything
         # is written into model_dir.
         self.splits = (
@@ -109,19 +127,19 @@ class Trainer:
         )
         self.steps_per_epoch = data.steps_per_epoch(len(self.splits.train_x), config.batch_size)
         self.total_steps = config.total_steps(self.steps_per_epoch)
-        if not read_only:
+        if self.writes:
             prepare_model_dir(model_dir)
             lock.acquire(model_dir, log)
         try:
             self._build(config, model_dir, read_only)
         except BaseException:
-            if not read_only:  # a run that failed to open must not look held by a dead pid
+            if self.writes:  # a run that failed to open must not look held by a dead pid
                 lock.release(model_dir)
             raise
 
     def _build(self, config: Config, model_dir: str, read_only: bool) -> None:
         """The rest of __init__, under the model_dir lock: flags, model, checkpoint, restore."""
-        if not read_only:
+        if self.writes:
             self._check_or_save_flags()
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -129,21 +147,28 @@ class Trainer:
             tf.debugging.enable_check_numerics()
 
         info = self.splits.info
-        self.model = CNN(config.model_config(info.image_shape, info.num_classes))
-        self.layer_names = [name for name, _ in self.model.named_layers()]
-        self.variables, self._layer_slices = [], {}
-        for name, layer in self.model.named_layers():
-            start = len(self.variables)
-            self.variables += list(layer.trainable_variables)
-            self._layer_slices[name] = (start, len(self.variables))
-        self.optimizer = make_optimizer(config.optimizer, self.variables, config.momentum)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        with self.strategy.scope():  # variables mirrored on every replica
+            self.model = CNN(config.model_config(info.image_shape, info.num_classes))
+            self.layer_names = [name for name, _ in self.model.named_layers()]
+            self.variables, self._layer_slices = [], {}
+            for name, layer in self.model.named_layers():
+                start = len(self.variables)
+                self.variables += list(layer.trainable_variables)
+                self._layer_slices[name] = (start, len(self.variables))
+            self.optimizer = make_optimizer(config.optimizer, self.variables, config.momentum)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
         self.checkpoint = tf.train.Checkpoint(
             step=self.step, model=self.model, optimizer=self.optimizer
         )
         checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
-        if not read_only:  # repair what a killed save left behind (trainer/checkpoints.py)
+        latest = tf.train.latest_checkpoint(checkpoint_dir)
+        if not read_only and not self.is_chief:
+            # A non-chief restores the chief's checkpoint (model_dir must be on storage every
+            # worker sees) and saves to a scratch directory of its own, deleted at the end.
+            checkpoint_dir = self._scratch_dir()
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if self.writes:  # repair what a killed save left behind (trainer/checkpoints.py)
             for name in checkpoints.remove_temporary(checkpoint_dir):
                 self.log(f"removed {name}: a checkpoint whose save was interrupted")
             for name in checkpoints.remove_unlisted_and_excess(checkpoint_dir, config.max_to_keep):
@@ -151,20 +176,25 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, checkpoint_dir, max_to_keep=config.max_to_keep, step_counter=self.step
         )
-        self._restore(self.manager.latest_checkpoint)
-        if not read_only:
+        self._restore(self.manager.latest_checkpoint if self.is_chief else latest)
+        if self.writes:
             # Summaries written after the checkpoint we resume from would appear twice.
             for sub in ("train", "eval"):
-                dropped = events.truncate_after(os.path.join(model_dir, sub), int(self.step))
+                dropped = events.truncate_after(os.path.join(model_dir, sub), self.current_step)
                 if dropped:
                     self.log(
                         f"dropped {dropped} {sub} summaries written after step "
-                        f"{int(self.step)} by the interrupted run"
+                        f"{self.current_step} by the interrupted run"
                     )
 
         self._train_step = tf.function(self._train_step_impl)
         self._eval_step = tf.function(self._eval_step_impl)
         self._writers = {}
+
+    @property
+    def current_step(self) -> int:
+        """Steps trained so far (also under a strategy, whose variables int() cannot read)."""
+        return int(self.step.numpy())
 
     # -- model_dir bookkeeping ---------------------------------------------------------------
 
@@ -210,10 +240,13 @@ class Trainer:
                 f"{str(e).splitlines()[0][:200]}). Was it written by another architecture or "
                 "norm? Use a new --model_dir."
             ) from None
-        self.log(f"resumed from {path} at step {int(self.step)}")
+        self.log(f"resumed from {path} at step {self.current_step}")
+
+    def _scratch_dir(self) -> str:
+        return os.path.join(self.model_dir, f".worker-{distribute.worker_index(self.strategy)}")
 
     def _writer(self, name: str):
-        if self.read_only:
+        if not self.writes:
             return None
         if name not in self._writers:
             path = self.model_dir if name == "hparams" else os.path.join(self.model_dir, name)
@@ -222,11 +255,32 @@ class Trainer:
 
     # -- compiled steps --------------------------------------------------------------------
 
-    def _train_step_impl(self, images, labels, collect_stats: bool):
+    def _replica_step(self, images, labels, collect_stats: bool):
+        """One replica's share: loss over the global batch size, gradients, correct count."""
         with tf.GradientTape() as tape:
             logits, stats = self.model.forward(images, training=True, collect_stats=collect_stats)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            # Divided by the global batch, so the replicas' losses (and gradients) sum to the
+            # global batch's mean.
+            loss = tf.reduce_sum(per_example) / self.config.batch_size
         grads = tape.gradient(loss, self.variables)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        )
+        return loss, correct, grads, stats
+
+    def _train_step_impl(self, images, labels, collect_stats: bool):
+        strategy, total = self.strategy, tf.distribute.ReduceOp.SUM
+        loss, correct, grads, stats = strategy.run(
+            self._replica_step, args=(images, labels, collect_stats)
+        )
+        loss = strategy.reduce(total, loss, axis=None)
+        grads = [strategy.reduce(total, g, axis=None) for g in grads]
+        # Activation statistics: the replicas' values averaged.
+        stats = {
+            k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in stats.items()
+        }
+        accuracy = strategy.reduce(total, correct, axis=None) / self.config.batch_size
         lr = learning_rate(
             self.step,
             peak=self.config.learning_rate,
@@ -237,9 +291,7 @@ class Trainer:
         squared = [tf.reduce_sum(tf.square(g)) for g in grads]
         metrics = {
             "loss": loss,
-            "accuracy": tf.reduce_mean(
-                tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-            ),
+            "accuracy": accuracy,
             "learning_rate": lr,
             "grad_norm/global": tf.sqrt(tf.add_n(squared)),
         }
@@ -269,7 +321,7 @@ class Trainer:
         if self.read_only:
             raise UsageError("this Trainer was opened read-only (for evaluation)")
         c = self.config
-        start = int(self.step)
+        start = self.current_step
         total = self.total_steps
         if start >= total:
             self.log(f"already trained: step {start} of {total}")
@@ -289,11 +341,25 @@ class Trainer:
             pixel_std=self.splits.pixel_std,
             augment=c.augment,
         )
-        batches = iter(dataset)
         if start == 0 and c.wn_init == "data":
             images, _ = dataset.take(1).get_single_element()
-            self.model.initialize_from_data(images)
+            with self.strategy.scope():
+                self.model.initialize_from_data(images)
             self.log("weight norm: data-dependent init on the first batch")
+        if self.strategy.num_replicas_in_sync > 1:
+            # Each global batch is split over the replicas (and workers): a worker takes its
+            # replicas' slices of every batch, so the order stays a function of (seed, step).
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA
+            )
+            dataset = self.strategy.experimental_distribute_dataset(dataset.with_options(options))
+            self.log(
+                f"{self.strategy.num_replicas_in_sync} replicas "
+                f"({type(self.strategy).__name__}), "
+                f"{c.batch_size // self.strategy.num_replicas_in_sync} examples each"
+            )
+        batches = iter(dataset)
 
         self.log(
             f"training {c.norm} norm ({c.norm_impl}) on {c.dataset}: steps {start} -> "
@@ -309,10 +375,26 @@ class Trainer:
         run_start = time.perf_counter()
         last = {}
         for step in range(start, total):
-            images, labels = next(batches)
             done = step + 1
             collect = done % c.summary_every == 0
-            metrics, stats = self._train_step(images, labels, collect)
+            try:
+                images, labels = next(batches)
+                metrics, stats = self._train_step(images, labels, collect)
+            except (
+                tf.errors.UnavailableError,
+                tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError,
+                tf.errors.AbortedError,
+            ) as e:
+                if self.strategy.num_replicas_in_sync == 1:
+                    raise
+                self.close()
+                raise RunError(
+                    f"lost contact with another worker at step {done} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:160]}). The last complete "
+                    f"checkpoint ({self.manager.latest_checkpoint or 'none yet'}) is kept; "
+                    "start every worker again with the same command to resume."
+                ) from None
             if not bool(metrics["finite"]):
                 self._stop_on_non_finite(step, images, labels, metrics)
             window_steps += 1
@@ -393,10 +475,12 @@ class Trainer:
             writer.flush()
 
     def close(self) -> None:
-        """Flushes summaries and releases the model_dir lock."""
+        """Flushes summaries and releases the model_dir lock (a non-chief: its scratch)."""
         self.flush()
-        if not self.read_only:
+        if self.writes:
             lock.release(self.model_dir)
+        elif not self.read_only:
+            shutil.rmtree(self._scratch_dir(), ignore_errors=True)
 
     def _param_norms(self) -> dict:
         return {
@@ -407,6 +491,7 @@ class Trainer:
 
     def _stop_on_non_finite(self, step, images, labels, metrics) -> None:
         """Names the first layer whose activations or gradients are not finite, then stops."""
+        images = self.strategy.experimental_local_results(images)[0]  # this replica's slice
         _, stats = self.model.forward(images, training=False, collect_stats=True)
         culprit = next(
             (key.split("/")[0] for key, value in stats.items() if not np.isfinite(float(value))),
@@ -473,7 +558,7 @@ class Trainer:
         }
         summaries.write_scalars(
             self._writer("eval"),
-            int(self.step),
+            self.current_step,
             {f"eval/{split}_loss": result["loss"], f"eval/{split}_accuracy": result["accuracy"]},
         )
         return result
@@ -481,7 +566,7 @@ class Trainer:
     def train_and_evaluate(self) -> dict:
         """Trains to the end, then evaluates on validation and test; writes metrics.json."""
         train_metrics = self.train()
-        results = {"step": int(self.step), "total_steps": self.total_steps}
+        results = {"step": self.current_step, "total_steps": self.total_steps}
         for split in ("val", "test"):
             result = self.evaluate(split)
             if result:
@@ -494,15 +579,21 @@ class Trainer:
         )
         summaries.write_scalars(
             self._writer("eval"),
-            int(self.step),
+            self.current_step,
             {
                 "final/test_accuracy": results["test_accuracy"],
                 "final/test_loss": results["test_loss"],
             },
         )
-        _write_atomically(
-            os.path.join(self.model_dir, METRICS_FILE), json.dumps(results, indent=2) + "\n"
-        )
+        if self.writes:
+            _write_atomically(
+                os.path.join(self.model_dir, METRICS_FILE), json.dumps(results, indent=2) + "\n"
+            )
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # A last all-reduce as a barrier: no worker exits while another still evaluates
+            # (the chief would otherwise log the early leaver as unhealthy).
+            one = self.strategy.run(lambda: tf.constant(1.0))
+            self.strategy.reduce(tf.distribute.ReduceOp.SUM, one, axis=None)
         self.close()
         self.log(
             f"test accuracy {results['test_accuracy']:.4f}  test loss "
