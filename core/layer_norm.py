@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from core import _checks
+from core import _checks, closed_form
 from core.stats import moments, normalize
 
 
@@ -20,7 +20,14 @@ def _per_example_param(param, name: str, x: tf.Tensor) -> tf.Tensor:
     return param
 
 
-def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: float = 1e-3) -> tf.Tensor:
+def layer_norm(
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    eps: float = 1e-3,
+    *,
+    backward: str = "closed_form",
+) -> tf.Tensor:
     """Layer normalization (Ba, Kiros & Hinton 2016): statistics per example.
 
     Reduces over every axis but the first: (1,) for [N, C], (1, 2, 3) for [N, H, W, C]:
@@ -39,21 +46,37 @@ def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: float = 1e-
             (float64 for float64 input), y in x's dtype.
         gamma, beta: [C] (broadcast over the other axes) or x.shape[1:].
         eps: > 0, inside the root. Default 1e-3 as in Keras.
+        backward: "closed_form" (the default, because it is the faster): the hand-derived
+            backward pass of core.closed_form, XLA-compiled from 2^16 elements; second-order
+            gradients raise NotImplementedError. Measured with `python -m bench.ops` on
+            [128, 28, 28, 32] float32, forward+backward: 0.3x the time of "autodiff" and
+            0.3-0.45x that of Keras GroupNormalization(1), the faster Keras layer norm.
+            "autodiff": TensorFlow differentiating the forward op by op (the readable
+            reference; supports gradients of gradients).
 
     Raises:
         TypeError: a non-floating input.
-        ValueError: rank < 2, gamma/beta of another shape, eps <= 0.
+        ValueError: rank < 2, gamma/beta of another shape, eps <= 0, a bad `backward`.
     """
     x = _checks.as_float_tensor(x, "x", min_rank=2)
     gamma = _per_example_param(gamma, "gamma", x)
     beta = _per_example_param(beta, "beta", x)
     eps = _checks.check_eps(eps)
-    mean, variance = moments(x, list(range(1, x.shape.rank)), keepdims=True)
+    axes = list(range(1, x.shape.rank))
+    if closed_form.check_backward(backward) == "closed_form":
+        return closed_form.standardize(x, gamma, beta, axes, eps)[0]
+    mean, variance = moments(x, axes, keepdims=True)
     return normalize(x, mean, variance, gamma, beta, eps)
 
 
 def group_norm(
-    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, groups: int, eps: float = 1e-3
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    groups: int,
+    eps: float = 1e-3,
+    *,
+    backward: str = "closed_form",
 ) -> tf.Tensor:
     """Group normalization (Wu & He 2018): per example, per group of consecutive channels.
 
@@ -71,10 +94,14 @@ def group_norm(
         gamma, beta: [C].
         groups: a positive divisor of C.
         eps: > 0, inside the root. Default 1e-3 as in Keras.
+        backward: "closed_form" (the default, faster) or "autodiff"; as in `layer_norm`.
+            Forward+backward on [128, 28, 28, 32] float32, 8 groups: 0.1x the time of
+            "autodiff", 0.3x Keras GroupNormalization's.
 
     Raises:
         TypeError: a non-floating input.
-        ValueError: rank < 2, unknown C, groups not dividing C, gamma/beta not [C], eps <= 0.
+        ValueError: rank < 2, unknown C, groups not dividing C, gamma/beta not [C], eps <= 0,
+            a bad `backward`.
     """
     x = _checks.as_float_tensor(x, "x", min_rank=2)
     channels = x.shape[-1]
@@ -89,15 +116,26 @@ def group_norm(
     _checks.check_param(gamma, "gamma", [tf.TensorShape([channels])], "one scale per channel")
     _checks.check_param(beta, "beta", [tf.TensorShape([channels])], "one offset per channel")
     eps = _checks.check_eps(eps)
+    backward = closed_form.check_backward(backward)
+    rank = x.shape.rank
+    grouped_shape = tf.concat([tf.shape(x)[:-1], [groups, channels // groups]], 0)
+    # Reduce over the spatial axes and the channels within a group; keep batch and group.
+    axes = list(range(1, rank - 1)) + [rank]
+    if backward == "closed_form":
+        group_shape = [groups, channels // groups]
+        y = closed_form.standardize(
+            tf.reshape(x, grouped_shape),
+            tf.reshape(gamma, group_shape),
+            tf.reshape(beta, group_shape),
+            axes,
+            eps,
+        )[0]
+        return tf.reshape(y, tf.shape(x))
 
     # The whole computation in the statistics' dtype, one cast back at the end: rounding the
     # normalized value to float16/bfloat16 before the affine step would round twice.
     dtype = _checks.stats_dtype(x.dtype)
-    xc = tf.cast(x, dtype)
-    rank = x.shape.rank
-    grouped = tf.reshape(xc, tf.concat([tf.shape(x)[:-1], [groups, channels // groups]], 0))
-    # Reduce over the spatial axes and the channels within a group; keep batch and group.
-    axes = list(range(1, rank - 1)) + [rank]
+    grouped = tf.reshape(tf.cast(x, dtype), grouped_shape)
     mean, variance = moments(grouped, axes, keepdims=True)
     normalized = tf.reshape(normalize(grouped, mean, variance, None, None, eps), tf.shape(x))
     y = normalized * tf.cast(gamma, dtype) + tf.cast(beta, dtype)

@@ -1,0 +1,347 @@
+"""Standardize-then-affine with a closed-form backward: the fast path of batch, layer, group norm.
+
+Batch, layer and group norm are one primitive: standardize x over some axes with per-slice mean
+and variance, then scale and shift by gamma and beta, which vary along other axes:
+
+    mean, var = moments(x, axes)                     (corrected two-pass, as core.stats.moments)
+    xhat      = (x - mean) * r,   r = rsqrt(var + eps)
+    y         = xhat * gamma + beta
+
+Its backward pass, with n the number of elements per slice, dxhat = dy * gamma and the means
+over the normalized axes:
+
+    dx     = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+             + dmean / n + dvar * 2 * (x - mean) / n            (gradients into mean and var)
+    dgamma = sum(dy * xhat),   dbeta = sum(dy)                   (over the axes gamma/beta span)
+
+is written here with basic ops and attached with `tf.custom_gradient`, instead of letting
+autodiff differentiate the forward op by op. What makes it fast (each choice measured with
+`python -m bench.ops`; see bench/README.md):
+
+* Forward and backward each run as one XLA-compiled function (`tf.function(jit_compile=True)`):
+  a few fused loops over memory instead of one TensorFlow kernel, and one full-size temporary,
+  per op. Below 2^16 elements the XLA launch costs more than it saves, and the same functions
+  run uncompiled.
+* Only x (which the caller holds anyway) and the per-slice mean and r are kept for the backward
+  pass; x - mean is recomputed inside the backward's loops rather than stored.
+* Adjacent axes with the same role (normalized or not; gamma / beta varying or broadcast) are
+  merged by a free reshape: batch norm on [N, H, W, C] runs on [N*H*W, C], layer norm on
+  [N, H*W, C], group norm on [N, H*W, G, C/G]; XLA's CPU reductions are much faster there than
+  over (0, 1, 2) of [N, H, W, C].
+* Sums of full-size expressions are taken in short blocks that XLA fuses with the expression
+  (`_sum`), and sums over the same data are stacked into one reduction (`_sums`). Forward: one
+  pass over x for the mean, one for sum(x - m0) and sum((x - m0)^2), one writing y. Backward:
+  one pass over x and dy for sum(dy) and sum(dy * (x - mean)), one writing dx.
+
+Second-order gradients are not supported: the backward pass uses the forward's statistics as
+constants, so differentiating it would silently miss terms; it raises instead. Use
+`backward="autodiff"` for gradients of gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from core import _checks
+
+# The values of the `backward` argument of batch_norm, layer_norm and group_norm.
+BACKWARDS = ("closed_form", "autodiff")
+
+
+def check_backward(backward) -> str:
+    """Returns `backward` if it is one of BACKWARDS, else raises ValueError naming the choices."""
+    if not isinstance(backward, str) or backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
+    return backward
+
+
+# Partial sums cover at most this many elements of one axis (see _sum). 16 measured best: with
+# 32, XLA's CPU code for bfloat16 inputs ran 3x slower (4.9 vs 1.4 ms on [100352, 32]).
+_MAX_BLOCK = 16
+
+
+def _block(shape: tf.TensorShape, axes: Sequence[int]):
+    """(axis, b): the first reduced axis of static size s with a divisor b in [4, 16], or None."""
+    for axis in sorted(axes):
+        size = shape[axis]
+        if size is None:
+            continue
+        block = max(d for d in range(1, _MAX_BLOCK + 1) if size % d == 0)
+        if block >= 4:
+            return axis, block
+    return None
+
+
+def _sum(p: tf.Tensor, axes: Sequence[int], blocked: bool) -> tf.Tensor:
+    """sum(p) over `axes`, keeping them (size 1), in p's dtype.
+
+    blocked: sum first over blocks of b <= 16 elements of one reduced axis (reshaped to
+    [b, s / b]), then the partial sums in float64. XLA's CPU backend writes an elementwise
+    expression out to memory before a long reduction of it (then reads it back); a short
+    reduction it fuses with the expression, so the only full-size pass is the one reading the
+    inputs. The cast to float64 keeps XLA from merging the two reductions back into one (and
+    makes the second one more accurate). Measured on [100352, 32] float32: 1.3 ms for
+    sum((x - m)^2) over axis 0 in one reduction, 0.8 ms blocked. Unblocked when not compiled.
+    """
+    axes = sorted(axes)
+    plan = _block(p.shape, axes) if blocked and p.dtype != tf.float64 else None
+    if plan is None:
+        return tf.reduce_sum(p, axis=axes, keepdims=True)
+    axis, block = plan
+    dims = [_dim(p, a) for a in range(p.shape.rank)]
+    split = dims[:axis] + [block, dims[axis] // block] + dims[axis + 1 :]
+    partial = tf.reduce_sum(tf.reshape(p, split), axis=axis)
+    total = tf.reduce_sum(tf.cast(partial, tf.float64), axis=axes, keepdims=True)
+    return tf.cast(total, p.dtype)
+
+
+def _sums(ps: Sequence[tf.Tensor], axes: Sequence[int], blocked: bool) -> list[tf.Tensor]:
+    """[_sum(p, axes, blocked) for p in ps], for same-shape ps, in one pass when blocked.
+
+    Stacked along a new last axis, the sums are one reduction, which XLA computes in one loop
+    over the inputs instead of one loop per sum (f32 [100352, 32], sum(dy) and
+    sum(dy * (x - m)): 1.2 ms stacked, 1.8 ms separately). Unfused, stacking would only add a
+    copy.
+    """
+    if not blocked or len(ps) == 1:
+        return [_sum(p, axes, blocked) for p in ps]
+    return tf.unstack(_sum(tf.stack(ps, axis=-1), axes, blocked), axis=-1)
+
+
+def _moments(x: tf.Tensor, axes: Sequence[int], blocked: bool, shifted: bool):
+    """Mean and biased variance over `axes` (kept, size 1), in float32 (float64 for float64).
+
+    The corrected two-pass algorithm of core.stats.moments (see there why not E[x^2] - E[x]^2),
+    with its sums done by _sum:
+
+        m0 = sum(x) / n;  d = x - m0;  c = sum(d) / n;  mean = m0 + c;  var = sum(d^2) / n - c^2
+
+    shifted (experimental, not the default): m0 is replaced by the first element of each slice,
+    saving the first pass; the cancellation then costs about u * ((mean - m0) / std)^2
+    relative, small unless that element is an outlier.
+    """
+    x = tf.cast(x, _checks.stats_dtype(x.dtype))
+    n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+    if shifted:
+        rank = x.shape.rank
+        m0 = tf.slice(x, [0] * rank, [1 if a in axes else -1 for a in range(rank)])
+    else:
+        m0 = _sum(x, axes, blocked) / n
+    d = x - m0
+    sum_d, sum_d2 = _sums([d, tf.square(d)], axes, blocked)
+    c = sum_d / n
+    variance = tf.maximum(sum_d2 / n - tf.square(c), tf.zeros([], x.dtype))
+    return m0 + c, variance
+
+
+def _forward(x, gamma, beta, axes, eps, compiled, shifted):
+    """y, mean, var, r on the merged layout; mean, var and r keep the reduced axes (size 1)."""
+    mean, variance = _moments(x, axes, blocked=compiled, shifted=shifted)
+    dtype = mean.dtype
+    inv_std = tf.math.rsqrt(variance + tf.constant(eps, dtype))
+    # As core.stats.normalize: x - mean before scaling, so a large offset cancels exactly.
+    y = (tf.cast(x, dtype) - mean) * (inv_std * tf.cast(gamma, dtype)) + tf.cast(beta, dtype)
+    return tf.cast(y, x.dtype), mean, variance, inv_std
+
+
+def _backward(
+    x, gamma, beta, mean, inv_std, dy, dmean, dvar, axes, gamma_axes, beta_axes, compiled
+):
+    """((dx, dgamma, dbeta), coefficients) on the merged layout, in x's, gamma's, beta's dtypes.
+
+    gamma_axes / beta_axes are the axes along which gamma / beta are broadcast (size 1). The
+    normalized axes split into `inner` ones, along which gamma is constant (all of them for
+    batch norm, the spatial ones for layer/group norm), and `outer` ones, along which it varies
+    (the channels of layer/group norm). Sums over `inner` are shared by dgamma, dbeta and dx;
+    only those partial sums, never full-size products, are reduced over the other axes.
+    """
+    dtype = mean.dtype
+    centered = tf.cast(x, dtype) - mean  # x - mean, recomputed rather than kept from the forward
+    dy = tf.cast(dy, dtype)
+    g = tf.cast(gamma, dtype)
+    n = tf.cast(tf.size(x), dtype) / tf.cast(tf.size(mean), dtype)
+    inner = [a for a in axes if a in gamma_axes]
+    outer = [a for a in axes if a not in gamma_axes]
+
+    def total(p, over):
+        return _sum(p, over, compiled) if over else p
+
+    if inner:
+        sum_dy, sum_dy_centered = _sums([dy, dy * centered], inner, compiled)
+    else:
+        sum_dy, sum_dy_centered = dy, dy * centered
+    # sum(dy * xhat) over inner; r is constant there, so it multiplies the partial sum.
+    sum_dy_xhat = sum_dy_centered * inv_std
+    dgamma = total(sum_dy_xhat, [a for a in gamma_axes if a not in inner])
+    if set(beta_axes) >= set(inner):
+        dbeta = total(sum_dy, [a for a in beta_axes if a not in inner])
+    else:  # beta varies along an axis gamma does not (layer norm with [C] gamma, full beta)
+        dbeta = total(dy, beta_axes)
+
+    # mean(dxhat) and mean(dxhat * xhat) over the normalized axes, per slice.
+    mean_dxhat = total(sum_dy * g, outer) / n
+    mean_dxhat_xhat = total(sum_dy_xhat * g, outer) / n
+    # dx = r * (dy * gamma - mean_dxhat - xhat * mean_dxhat_xhat) + dmean / n + 2 dvar (x-mean) / n
+    # as one fused expression a * dy + b * (x - mean) + c with small per-slice coefficients.
+    a = inv_std * g
+    b = -tf.square(inv_std) * mean_dxhat_xhat
+    c = -inv_std * mean_dxhat
+    if dvar is not None:
+        b = b + 2.0 * tf.cast(dvar, dtype) / n
+    if dmean is not None:
+        c = c + tf.cast(dmean, dtype) / n
+    dx = a * dy + b * centered + c
+    grads = (tf.cast(dx, x.dtype), tf.cast(dgamma, gamma.dtype), tf.cast(dbeta, beta.dtype))
+    # a, b, c are returned (and dropped by the caller) only so that XLA computes them once:
+    # otherwise it fuses their arithmetic, float64 sums included, into the loop over dx and
+    # repeats it for every element (bfloat16 [100352, 32]: 5.7 ms instead of 3.6 ms).
+    return grads, (a, b, c)
+
+
+@functools.lru_cache(maxsize=None)
+def _xla(fn, signature: tuple):
+    """`fn` as an XLA-compiled tf.function, one per static input signature.
+
+    _sum needs static shapes, so each shape gets its own trace (and XLA compilation) anyway;
+    a separate tf.function per signature (wrapping a distinct functools.partial) says so to
+    TensorFlow, which would otherwise warn about frequent retracing when many shapes are used.
+    """
+    del signature  # only the cache key
+    return tf.function(functools.partial(fn), jit_compile=True, autograph=False)
+
+
+def _dim(x: tf.Tensor, axis: int):
+    """x.shape[axis] as a Python int when known at trace time, else as a scalar tensor."""
+    static = x.shape[axis]
+    return static if static is not None else tf.shape(x)[axis]
+
+
+def _merged_layout(x: tf.Tensor, gamma_rank: int, beta_rank: int, axes: Sequence[int]):
+    """Groups adjacent axes of x that play the same role, for a free reshape.
+
+    An axis' role is (normalized?, gamma varies along it?, beta varies along it?); gamma and beta
+    span x's trailing gamma_rank / beta_rank axes. Returns the merged shape and, for each merged
+    axis, its role.
+    """
+    rank = x.shape.rank
+    groups = []  # [role, size]
+    for axis in range(rank):
+        role = (axis in axes, axis >= rank - gamma_rank, axis >= rank - beta_rank)
+        if groups and groups[-1][0] == role:
+            groups[-1][1] = groups[-1][1] * _dim(x, axis)
+        else:
+            groups.append([role, _dim(x, axis)])
+    return [size for _, size in groups], [role for role, _ in groups]
+
+
+# Below this many elements, XLA's per-call launch cost exceeds what fusion saves (measured:
+# batch norm forward+backward on [1, 28, 28, 32] took 0.45 ms uncompiled vs 0.48 ms compiled,
+# on [4, 28, 28, 32] 1.01 vs 0.89 ms), and compiling each new small shape costs ~0.2 s.
+_MIN_COMPILED_ELEMENTS = 2**16
+
+
+@tf.custom_gradient
+def _first_order_only(dx, dgamma, dbeta):
+    """Identity on the closed-form gradients; differentiating them again raises."""
+
+    def grad(*_):
+        raise NotImplementedError(
+            "second-order gradients through the closed-form backward pass are not supported "
+            "(it treats the batch statistics as constants, so they would be wrong); call the "
+            'norm with backward="autodiff".'
+        )
+
+    return (tf.identity(dx), tf.identity(dgamma), tf.identity(dbeta)), grad
+
+
+def standardize(
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    axes: Sequence[int],
+    eps: float,
+    *,
+    compiled: bool | None = None,
+    shifted: bool = False,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`(x - mean) * rsqrt(var + eps) * gamma + beta` over `axes`, with a closed-form gradient.
+
+    Args:
+        x: float16, bfloat16, float32 or float64, any rank; statistics and all backward
+            arithmetic in float32 (float64 for float64 x).
+        gamma, beta: shaped like trailing axes of x (e.g. [C] or x.shape[1:]; [G, C/G] for the
+            grouped view of group norm), broadcast along the leading ones; any float dtype.
+        axes: the normalized axes, non-negative.
+        eps: > 0, inside the root.
+        compiled: run forward and backward as XLA-compiled functions (True) or as plain
+            TensorFlow ops (False); None (default) compiles when x has at least 2^16 elements
+            or a size unknown at trace time.
+        shifted: one-pass shifted statistics instead of the two-pass ones (experimental; only
+            for the benchmark).
+
+    Returns:
+        (y, mean, variance): y in x's dtype; mean and variance keep the reduced axes (size 1),
+        in the statistics' dtype. Gradients flowing into mean and variance are handled exactly;
+        the gradients have the dtypes of x, gamma and beta.
+    """
+    rank = x.shape.rank
+    if compiled is None:
+        size = x.shape.num_elements()
+        compiled = size is None or size >= _MIN_COMPILED_ELEMENTS
+    merged_shape, roles = _merged_layout(x, gamma.shape.rank, beta.shape.rank, axes)
+    merged_axes = tuple(i for i, role in enumerate(roles) if role[0])
+    gamma_axes = tuple(i for i, role in enumerate(roles) if not role[1])
+    beta_axes = tuple(i for i, role in enumerate(roles) if not role[2])
+    xm = tf.reshape(x, merged_shape)
+    gm = tf.reshape(gamma, [1 if a in gamma_axes else s for a, s in enumerate(merged_shape)])
+    bm = tf.reshape(beta, [1 if a in beta_axes else s for a, s in enumerate(merged_shape)])
+    forward, backward = _forward, _backward
+    if compiled:
+        signature = (
+            tuple(xm.shape.as_list()),
+            xm.dtype,
+            gm.dtype,
+            bm.dtype,
+            merged_axes,
+            eps,
+            shifted,
+        )
+        forward, backward = _xla(_forward, signature), _xla(_backward, signature)
+
+    @tf.custom_gradient
+    def primitive(xm, gm, bm):
+        # stop_gradient: the tape must not record the forward call itself (its gradient is
+        # `grad` below). Otherwise TensorFlow runs a variant of the compiled function that also
+        # outputs the intermediates its own autodiff would need: a full-size x - m0 here.
+        inputs = [tf.stop_gradient(t) for t in (xm, gm, bm)]
+        y, mean, variance, inv_std = forward(*inputs, merged_axes, eps, compiled, shifted)
+
+        def grad(dy, dmean, dvar):
+            grads, _ = backward(
+                xm,
+                gm,
+                bm,
+                mean,
+                inv_std,
+                dy,
+                dmean,
+                dvar,
+                merged_axes,
+                gamma_axes,
+                beta_axes,
+                compiled,
+            )
+            return _first_order_only(*grads)
+
+        return (y, mean, variance), grad
+
+    y, mean, variance = primitive(xm, gm, bm)
+    stats_shape = [1 if a in axes else _dim(x, a) for a in range(rank)]
+    return (
+        tf.reshape(y, tf.shape(x)),
+        tf.reshape(mean, stats_shape),
+        tf.reshape(variance, stats_shape),
+    )
