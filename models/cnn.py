@@ -31,6 +31,8 @@ class ModelConfig:
         momentum, eps: batch norm's moving-average momentum; eps of every norm.
         sync: under tf.distribute, batch norm uses the global batch's statistics (no effect
             on one device; layer, group and weight norm need no synchronization).
+        backward: the custom norms' gradient: "closed_form" (fast, hand-derived) or
+            "autodiff" (TensorFlow differentiates the forward; the reference).
     """
 
     arch: str = "default"
@@ -45,6 +47,7 @@ class ModelConfig:
     num_classes: int = 10
     seed: int = 0
     sync: bool = False
+    backward: str = "closed_form"
 
     def resolved(self) -> "ModelConfig":
         """The config with the course architecture's fixed sizes filled in."""
@@ -57,6 +60,7 @@ class ModelConfig:
             ("arch", self.arch, ARCHS),
             ("norm", self.norm, NORMS),
             ("impl", self.impl, ("custom", "builtin")),
+            ("backward", self.backward, ("closed_form", "autodiff")),
         ):
             if value not in choices:
                 raise ValueError(f"{field} must be one of {', '.join(choices)}; got {value!r}")
@@ -124,13 +128,21 @@ class CNN(tf.Module):
         c = self.config
         if c.norm == "batch":
             return BatchNorm(
-                channels, impl=c.impl, momentum=c.momentum, eps=c.eps, sync=c.sync, name=name
+                channels,
+                impl=c.impl,
+                momentum=c.momentum,
+                eps=c.eps,
+                sync=c.sync,
+                backward=c.backward,
+                name=name,
             )
         if c.norm == "layer":
-            return LayerNorm(channels, impl=c.impl, eps=c.eps, name=name)
+            return LayerNorm(channels, impl=c.impl, eps=c.eps, backward=c.backward, name=name)
         if c.norm == "group":
             groups = largest_divisor_at_most(channels, c.groups)
-            return GroupNorm(channels, groups, impl=c.impl, eps=c.eps, name=name)
+            return GroupNorm(
+                channels, groups, impl=c.impl, eps=c.eps, backward=c.backward, name=name
+            )
         return None
 
     def named_layers(self) -> list[tuple[str, tf.Module]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 import core
@@ -51,10 +53,12 @@ class BatchNorm(tf.Module):
         momentum: float = 0.99,
         eps: float = 1e-3,
         sync: bool = False,
+        backward: str = "closed_form",
         name: str | None = None,
     ):
         super().__init__(name=name)
         self.impl = _check_impl(impl)
+        self.backward = backward  # custom impl: "closed_form" or "autodiff" (core/closed_form.py)
         if not isinstance(sync, bool):
             raise TypeError(f"sync must be True or False, got {sync!r}")
         self.sync = sync
@@ -81,7 +85,7 @@ class BatchNorm(tf.Module):
                 return core.sync_batch_norm_and_moments
             return builtin_sync.batch_norm_and_moments_keras_sync
         if self.impl == "custom":
-            return core.batch_norm_and_moments
+            return functools.partial(core.batch_norm_and_moments, backward=self.backward)
         return builtin.fused_batch_norm_and_moments
 
     def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
@@ -113,18 +117,26 @@ class LayerNorm(tf.Module):
     """
 
     def __init__(
-        self, channels: int, *, impl: str = "custom", eps: float = 1e-3, name: str | None = None
+        self,
+        channels: int,
+        *,
+        impl: str = "custom",
+        eps: float = 1e-3,
+        backward: str = "closed_form",
+        name: str | None = None,
     ):
         super().__init__(name=name)
         self.impl = _check_impl(impl)
+        self.backward = backward
         self.eps = eps
         self.gamma = tf.Variable(tf.ones([channels]), name="gamma")
         self.beta = tf.Variable(tf.zeros([channels]), name="beta")
 
     def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
         del training  # the same computation in training and inference
-        fn = core.layer_norm if self.impl == "custom" else builtin.layer_norm_keras
-        return fn(x, self.gamma, self.beta, self.eps)
+        if self.impl == "custom":
+            return core.layer_norm(x, self.gamma, self.beta, self.eps, backward=self.backward)
+        return builtin.layer_norm_keras(x, self.gamma, self.beta, self.eps)
 
 
 class GroupNorm(tf.Module):
@@ -140,9 +152,11 @@ class GroupNorm(tf.Module):
         *,
         impl: str = "custom",
         eps: float = 1e-3,
+        backward: str = "closed_form",
         name: str | None = None,
     ):
         super().__init__(name=name)
+        self.backward = backward
         if channels % groups:
             raise ValueError(f"groups ({groups}) must divide the channels ({channels})")
         self.impl = _check_impl(impl)
@@ -153,8 +167,11 @@ class GroupNorm(tf.Module):
 
     def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
         del training
-        fn = core.group_norm if self.impl == "custom" else builtin.group_norm_keras
-        return fn(x, self.gamma, self.beta, self.groups, self.eps)
+        if self.impl == "custom":
+            return core.group_norm(
+                x, self.gamma, self.beta, self.groups, self.eps, backward=self.backward
+            )
+        return builtin.group_norm_keras(x, self.gamma, self.beta, self.groups, self.eps)
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:

@@ -230,8 +230,9 @@ def test_non_finite_loss_stops_with_the_layer_and_keeps_the_checkpoint(tmp_path)
     trainer.model.convs[1].kernel.assign(tf.fill(trainer.model.convs[1].kernel.shape, np.inf))
     trainer.total_steps = 20
     before = [v.numpy().copy() for v in trainer.variables]
-    with pytest.raises(RunError, match=r"step 13 .*first non-finite layer: conv2"):
+    with pytest.raises(RunError, match=r"step 13 .*first non-finite layer: conv2") as caught:
         trainer.train()
+    assert (caught.value.step, caught.value.layer) == (13, "conv2")
     for var, old in zip(trainer.variables, before):
         np.testing.assert_array_equal(var.numpy(), old)  # the bad step applied nothing
     assert trainer.manager.latest_checkpoint.endswith("ckpt-12")

@@ -56,6 +56,12 @@ class Config:
         "data-dependent init on the first batch).",
         WN_INITS,
     )
+    norm_backward: str = _field(
+        "closed_form",
+        "Gradient of the custom norms: closed_form (hand-derived, fast) or "
+        "autodiff (TensorFlow differentiates the forward; the readable reference).",
+        ("closed_form", "autodiff"),
+    )
     # Optimization.
     seed: int = _field(0, "Seed of the initial weights, data order and augmentation.")
     batch_size: int = _field(128, "Training batch size.")
@@ -142,6 +148,7 @@ class Config:
             num_classes=num_classes,
             seed=self.seed,
             sync=self.sync_batch_norm,
+            backward=self.norm_backward,
         )
 
     def total_steps(self, steps_per_epoch: int) -> int:

@@ -78,6 +78,15 @@ class Interrupted(RunError):
         self.exit_code = 128 + signum
 
 
+class NonFiniteError(RunError):
+    """Training produced a non-finite loss or gradient; `step` and `layer` say where."""
+
+    def __init__(self, step: int, layer: str, message: str):
+        super().__init__(message)
+        self.step = step
+        self.layer = layer
+
+
 class Trainer:
     """Trains and evaluates one CNN in one model_dir, resuming from its latest checkpoint."""
 
@@ -233,12 +242,16 @@ class Trainer:
         if path is None:
             return
         try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            # assert_consumed, not assert_existing_objects_matched: a batch-norm checkpoint
+            # holds every variable a layer-norm model has (gamma, beta, kernels) plus moving
+            # statistics, and would otherwise restore "successfully" into the wrong model.
+            self.checkpoint.restore(path).assert_consumed()
+        except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OpError,
+            # AssertionError, ValueError, IndexError "read less bytes than requested", ...)
             raise RunError(
-                f"cannot restore {path}: it does not match this model ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}). Was it written by another architecture or "
-                "norm? Use a new --model_dir."
+                f"cannot restore {path}: it is damaged or does not match this model "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Was it written by "
+                "another architecture or norm? Use a new --model_dir."
             ) from None
         self.log(f"resumed from {path} at step {self.current_step}")
 
@@ -446,17 +459,18 @@ class Trainer:
                     0.0,
                     0.0,
                 )
+            paused = time.perf_counter()  # validation and saving are not training throughput
             if done % c.eval_every == 0 or done == total:
                 result = self.evaluate("val")
+                self._last_val = (done, result)
                 if result:
                     self.log(
                         f"step {done}/{total}  val loss {result['loss']:.4f}  val acc "
                         f"{result['accuracy']:.4f}"
                     )
-            if done % c.checkpoint_every == 0 or done == total:
+            if done % c.checkpoint_every == 0 or done == total or stop.signum is not None:
                 self.manager.save(checkpoint_number=done)
-            elif stop.signum is not None:
-                self.manager.save(checkpoint_number=done)
+            window_start += time.perf_counter() - paused
             if stop.signum is not None:
                 self.close()
                 name = signal.Signals(stop.signum).name
@@ -507,11 +521,13 @@ class Trainer:
                 "the loss",
             )
         self.close()
-        raise RunError(
+        raise NonFiniteError(
+            step + 1,
+            culprit,
             f"non-finite loss or gradient at step {step + 1} (loss {float(metrics['loss'])}); "
             f"first non-finite layer: {culprit}. Training stopped; the last good checkpoint "
             f"({self.manager.latest_checkpoint or 'none yet'}) is kept. Try a lower "
-            f"--learning_rate (now {self.config.learning_rate}) or a normalization."
+            f"--learning_rate (now {self.config.learning_rate}) or a normalization.",
         )
 
     # -- evaluation --------------------------------------------------------------------------
@@ -568,7 +584,11 @@ class Trainer:
         train_metrics = self.train()
         results = {"step": self.current_step, "total_steps": self.total_steps}
         for split in ("val", "test"):
-            result = self.evaluate(split)
+            cached = getattr(self, "_last_val", None)
+            if split == "val" and cached and cached[0] == self.current_step:
+                result = cached[1]  # the loop validated this very step
+            else:
+                result = self.evaluate(split)
             if result:
                 results[f"{split}_loss"] = result["loss"]
                 results[f"{split}_accuracy"] = result["accuracy"]
