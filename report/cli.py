@@ -1,0 +1,100 @@
+"""report.py's flags and main (the work is report/pipeline.py's `generate`)."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from report import experiments, pipeline
+
+flags.DEFINE_string(
+    "root",
+    "runs/report",
+    "Directory holding the suite's runs, one per subdirectory, and its analyses.",
+)
+flags.DEFINE_enum(
+    "preset",
+    "quick",
+    list(experiments.PRESETS),
+    "quick: a few minutes, 1 seed (first look, smoke test); full: the report's numbers, "
+    "about 60-90 min on 2 cores; tiny: for the tests only.",
+)
+flags.DEFINE_string("out", "", "Where REPORT.md and figures/ go; empty: --root.")
+flags.DEFINE_string(
+    "data_dir",
+    "",
+    "Fashion-MNIST IDX directory, as train.py's --data_dir; empty: the Debian package's. It is "
+    "part of every run's flags: reuse needs the same value.",
+)
+flags.DEFINE_boolean(
+    "report_only",
+    False,
+    "Write the report from the runs and analyses already under --root; train and compute "
+    "nothing, fail if any is missing.",
+)
+flags.DEFINE_boolean(
+    "plan", False, "Print the runs the preset needs and a time estimate; train nothing."
+)
+flags.DEFINE_boolean(
+    "verbose", False, "Also print the trainer's progress lines (always in <root>/suite.log)."
+)
+FLAGS = flags.FLAGS
+
+
+def print_plan(options: pipeline.Options) -> None:
+    from report.suite import duration, prior_seconds
+
+    preset = experiments.PRESETS[options.preset]
+    n_train = len(pipeline.load_data(options).train_x)
+    specs = experiments.plan(preset, options.data_dir, n_train)
+    settings = experiments.describe(preset, n_train)
+    print(f"preset {preset.name}: {preset.description}")
+    print(f"  model: {settings['model']}")
+    for section, title in experiments.SECTION_TITLES.items():
+        print(f"  {title}: {settings[section]}")
+    total = 0.0
+    print(f"\n{'#':>3}  {'run':<60} {'sections':<16} {'steps':>6} {'~time':>8}")
+    for i, spec in enumerate(specs, 1):
+        seconds = prior_seconds(spec)
+        total += seconds
+        print(
+            f"{i:>3}  {spec.name:<60} {','.join(spec.sections):<16} "
+            f"{spec.config.train_steps:>6} {duration(seconds):>8}"
+        )
+    print(
+        f"\n{len(specs)} runs, about {duration(total)} of training by the prior cost model "
+        "(report/suite.py: prior_seconds), plus a few minutes of analyses; the ETA switches to "
+        "measured times as runs finish."
+    )
+
+
+def main() -> int:
+    import tensorflow as tf
+
+    # Dozens of Trainers in one process each trace their own tf.functions; TensorFlow's
+    # "excessive retracing" warning about that is expected here, and noise.
+    tf.get_logger().setLevel("ERROR")
+    options = pipeline.Options(
+        root=FLAGS.root,
+        preset=FLAGS.preset,
+        out=FLAGS.out,
+        data_dir=FLAGS.data_dir,
+        report_only=FLAGS.report_only,
+        argv=tuple(sys.argv[1:]),
+    )
+    if FLAGS.plan:
+        print_plan(options)
+        return 0
+    log = pipeline.Log(options.root, FLAGS.verbose, echo=lambda line: print(line, flush=True))
+    try:
+        pipeline.generate(options, log)
+    except KeyboardInterrupt:
+        # Outside a training step (the trainer handles SIGINT itself, saving a checkpoint).
+        print(
+            "report.py: interrupted. Complete runs and analyses are kept; run the same command "
+            "again to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

@@ -1,0 +1,78 @@
+"""Where and with what the report was made: versions, processor, cores, commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 1024**2
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _git(root: str) -> str:
+    """The commit of the code that made the report, marked when the tree had changes."""
+    try:
+        commit = subprocess.run(  # noqa: PLW1510 (a failure is an empty answer)
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(  # noqa: PLW1510 (a failure is an empty answer)
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not commit:
+        return "unknown"
+    return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+def describe() -> dict[str, str]:
+    """Versions and hardware, as strings for the report."""
+    import numpy as np
+    import tensorflow as tf
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    memory = _memory_gb()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "cpu": _cpu_model(),
+        "cores": f"{os.cpu_count()} (nproc; {affinity} usable by this process)"
+        if affinity is not None
+        else str(os.cpu_count()),
+        "memory": f"{memory:.1f} GB" if memory else "unknown",
+        "os": platform.platform(),
+        "commit": _git(here),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+    }
