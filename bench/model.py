@@ -1,0 +1,110 @@
+"""Model-level benchmark: images/s of the full training step for each norm x impl.
+
+    python -m bench.model                    # default CNN, batch 128 (~3 min)
+    python -m bench.model --arch=course --batch_size=64 --repeats=15
+
+Times the trainer's own compiled step (trainer.Trainer._train_step: forward, loss, backward,
+gradient norms, optimizer update) on one fixed batch, for every --norm x --norm_impl, and
+reports the median images/s, the ratio of each step's time to the no-norm step's and, for
+batch norm, custom's time over the fastest built-in's: all measured in the same run, with the
+candidates interleaved in a fresh random order each round so machine noise hits all alike.
+Not part of the test suite (timings on a shared machine are too noisy to assert).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+from trainer.quiet import import_tensorflow
+
+tf = import_tensorflow()
+
+from data.synthetic import tiny_splits  # noqa: E402
+from trainer.config import Config  # noqa: E402
+from trainer.trainer import Trainer  # noqa: E402
+
+NORMS = ("none", "batch", "layer", "weight", "group")
+
+
+def _candidates() -> list[tuple[str, str, str]]:
+    """(norm, impl, backward): every norm custom and built-in; autodiff for the centred ones."""
+    out = [("none", "custom", "closed_form")]
+    for norm in NORMS[1:]:
+        out.append((norm, "custom", "closed_form"))
+        if norm in ("batch", "layer", "group"):
+            out.append((norm, "custom", "autodiff"))
+        out.append((norm, "builtin", "closed_form"))
+    return out
+
+
+def run(args) -> dict:
+    splits = tiny_splits(n_train=max(args.batch_size, 256), n_val=0, n_test=16)
+    rng = random.Random(0)
+    images = tf.random.stateless_normal([args.batch_size, 28, 28, 1], seed=[1, 2])
+    labels = tf.constant([i % 10 for i in range(args.batch_size)], tf.int32)
+    steps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for norm, impl, backward in _candidates():
+            name = f"{norm}/{impl}" + ("/autodiff" if backward == "autodiff" else "")
+            config = Config(arch=args.arch, norm=norm, norm_impl=impl, norm_backward=backward,
+                            batch_size=args.batch_size, validation_size=0, train_steps=10**9)
+            trainer = Trainer(config, os.path.join(tmp, name.replace("/", "-")),
+                              splits=splits, log=lambda _: None)
+            for _ in range(3):  # trace, compile, warm up
+                trainer._train_step(images, labels, False)[0]["loss"].numpy()
+            steps[name] = trainer
+        samples = {name: [] for name in steps}
+        for _ in range(args.repeats):
+            order = list(steps)
+            rng.shuffle(order)
+            for name in order:
+                trainer = steps[name]
+                start = time.perf_counter()
+                for _ in range(args.calls):
+                    metrics, _ = trainer._train_step(images, labels, False)
+                metrics["loss"].numpy()
+                samples[name].append((time.perf_counter() - start) / args.calls)
+    median = {name: statistics.median(s) for name, s in samples.items()}
+    base = median["none/custom"]
+    builtin_bn = median["batch/builtin"]
+    rows = {name: {"ms": 1e3 * t, "images_per_sec": args.batch_size / t,
+                   "vs_no_norm": t / base} for name, t in median.items()}
+    return {"arch": args.arch, "batch_size": args.batch_size, "repeats": args.repeats,
+            "calls_per_sample": args.calls, "rows": rows,
+            "custom_bn_vs_builtin_bn": median["batch/custom"] / builtin_bn,
+            "machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="default", choices=["default", "course"])
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--calls", type=int, default=5, help="steps per timed sample")
+    parser.add_argument("--out", default="bench/results/model.json")
+    args = parser.parse_args(argv)
+    result = run(args)
+    print(f"{args.arch} CNN, batch {args.batch_size}, median of {args.repeats} samples x "
+          f"{args.calls} steps (interleaved)")
+    print(f"{'norm/impl':<24}{'ms/step':>9}{'images/s':>10}{'vs none':>9}")
+    for name, row in result["rows"].items():
+        print(f"{name:<24}{row['ms']:>9.1f}{row['images_per_sec']:>10.0f}"
+              f"{row['vs_no_norm']:>9.2f}")
+    print(f"custom batch norm step / built-in (fused) batch norm step: "
+          f"{result['custom_bn_vs_builtin_bn']:.2f}")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(f"JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
