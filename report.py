@@ -15,8 +15,8 @@ from trainer.quiet import import_tensorflow
 
 import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
 
-from report import cli
-from trainer import cli as trainer_cli
+from report import cli  # noqa: E402
+from trainer import cli as trainer_cli  # noqa: E402
 
 if __name__ == "__main__":
     trainer_cli.parse_flags_or_exit(sys.argv, "report.py")

@@ -456,7 +456,10 @@ def batch_statistics_eval(config: Config, run_dir: str, splits) -> dict:
         dataset = data.eval_dataset(
             x, y, batch_size=batch_size, pixel_mean=splits.pixel_mean, pixel_std=splits.pixel_std
         )
-        correct = sum(int(tf.reduce_sum(tf.cast(predict(i) == l, tf.int32))) for i, l in dataset)
+        correct = sum(
+            int(tf.reduce_sum(tf.cast(predict(images) == labels, tf.int32)))
+            for images, labels in dataset
+        )
         return correct / len(y)
 
     moving = [v for v in model.variables if not v.trainable]

@@ -369,7 +369,7 @@ def _section_impl(tables, curves, reader, preset, specs, outcomes, analyses) -> 
                 for k, v in twin["distance"].items()
             }
         tables.impl.append(row)
-    for norm, result in sorted(analyses.get("parity", {}).items()):
+    for _, result in sorted(analyses.get("parity", {}).items()):
         tables.parity.append(result)
 
 

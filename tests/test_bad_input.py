@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.fixtures import write_idx_dataset
+from tests.fixtures import ROOT, write_idx_dataset
+from tests.fixtures import run_program as run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
     "--batch_size=32",
     "--validation_size=64",
@@ -21,18 +21,6 @@ FAST = [
     "--log_every=4",
     "--eval_batch_size=64",
 ]
-
-
-def run(program, *args, timeout=300):
-    r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, program), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert "Traceback" not in r.stderr, r.stderr  # no stack trace by default
-    return r
 
 
 def snapshot(directory) -> dict:

@@ -2,14 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from tests.fixtures import write_idx_dataset
+from tests.fixtures import run_program as run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
     "--batch_size=32",
     "--validation_size=64",
@@ -21,18 +19,6 @@ FAST = [
     "--summary_every=2",
     "--eval_batch_size=64",
 ]
-
-
-def run(program, *args):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, program), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")

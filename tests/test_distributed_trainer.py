@@ -165,7 +165,7 @@ def test_two_workers_train_like_one_device_and_the_chief_writes(tmp_path, idx_di
     model_dir = str(tmp_path / "mw")
     procs = _workers(model_dir, idx_dir)
     results = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, results):
+    for proc, (_, err) in zip(procs, results):
         assert proc.returncode == 0, err
         assert "Traceback" not in err
     assert max_diff(weights(one_device), weights(model_dir)) < 1e-5

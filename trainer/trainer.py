@@ -409,7 +409,7 @@ class Trainer:
                     "start every worker again with the same command to resume."
                 ) from None
             if not bool(metrics["finite"]):
-                self._stop_on_non_finite(step, images, labels, metrics)
+                self._stop_on_non_finite(step, images, metrics)
             window_steps += 1
             window_loss += float(metrics["loss"])
             window_acc += float(metrics["accuracy"])
@@ -503,7 +503,7 @@ class Trainer:
             for v in layer.trainable_variables
         }
 
-    def _stop_on_non_finite(self, step, images, labels, metrics) -> None:
+    def _stop_on_non_finite(self, step, images, metrics) -> None:
         """Names the first layer whose activations or gradients are not finite, then stops."""
         images = self.strategy.experimental_local_results(images)[0]  # this replica's slice
         _, stats = self.model.forward(images, training=False, collect_stats=True)
