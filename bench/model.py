@@ -53,10 +53,18 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for norm, impl, backward in _candidates():
             name = f"{norm}/{impl}" + ("/autodiff" if backward == "autodiff" else "")
-            config = Config(arch=args.arch, norm=norm, norm_impl=impl, norm_backward=backward,
-                            batch_size=args.batch_size, validation_size=0, train_steps=10**9)
-            trainer = Trainer(config, os.path.join(tmp, name.replace("/", "-")),
-                              splits=splits, log=lambda _: None)
+            config = Config(
+                arch=args.arch,
+                norm=norm,
+                norm_impl=impl,
+                norm_backward=backward,
+                batch_size=args.batch_size,
+                validation_size=0,
+                train_steps=10**9,
+            )
+            trainer = Trainer(
+                config, os.path.join(tmp, name.replace("/", "-")), splits=splits, log=lambda _: None
+            )
             for _ in range(3):  # trace, compile, warm up
                 trainer._train_step(images, labels, False)[0]["loss"].numpy()
             steps[name] = trainer
@@ -74,12 +82,19 @@ def run(args) -> dict:
     median = {name: statistics.median(s) for name, s in samples.items()}
     base = median["none/custom"]
     builtin_bn = median["batch/builtin"]
-    rows = {name: {"ms": 1e3 * t, "images_per_sec": args.batch_size / t,
-                   "vs_no_norm": t / base} for name, t in median.items()}
-    return {"arch": args.arch, "batch_size": args.batch_size, "repeats": args.repeats,
-            "calls_per_sample": args.calls, "rows": rows,
-            "custom_bn_vs_builtin_bn": median["batch/custom"] / builtin_bn,
-            "machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__}}
+    rows = {
+        name: {"ms": 1e3 * t, "images_per_sec": args.batch_size / t, "vs_no_norm": t / base}
+        for name, t in median.items()
+    }
+    return {
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "calls_per_sample": args.calls,
+        "rows": rows,
+        "custom_bn_vs_builtin_bn": median["batch/custom"] / builtin_bn,
+        "machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__},
+    }
 
 
 def main(argv=None) -> int:
@@ -91,14 +106,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results/model.json")
     args = parser.parse_args(argv)
     result = run(args)
-    print(f"{args.arch} CNN, batch {args.batch_size}, median of {args.repeats} samples x "
-          f"{args.calls} steps (interleaved)")
+    print(
+        f"{args.arch} CNN, batch {args.batch_size}, median of {args.repeats} samples x "
+        f"{args.calls} steps (interleaved)"
+    )
     print(f"{'norm/impl':<24}{'ms/step':>9}{'images/s':>10}{'vs none':>9}")
     for name, row in result["rows"].items():
-        print(f"{name:<24}{row['ms']:>9.1f}{row['images_per_sec']:>10.0f}"
-              f"{row['vs_no_norm']:>9.2f}")
-    print(f"custom batch norm step / built-in (fused) batch norm step: "
-          f"{result['custom_bn_vs_builtin_bn']:.2f}")
+        print(f"{name:<24}{row['ms']:>9.1f}{row['images_per_sec']:>10.0f}{row['vs_no_norm']:>9.2f}")
+    print(
+        f"custom batch norm step / built-in (fused) batch norm step: "
+        f"{result['custom_bn_vs_builtin_bn']:.2f}"
+    )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)

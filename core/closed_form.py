@@ -3,7 +3,7 @@
 Batch, layer and group norm are one primitive: standardize x over some axes with per-slice mean
 and variance, then scale and shift by gamma and beta, which vary along other axes:
 
-    mean, var = moments(x, axes)                     (corrected two-pass, as core.stats.moments)
+    mean, var = moments(x, axes)                     (shifted one-pass, bounded error: _moments)
     xhat      = (x - mean) * r,   r = rsqrt(var + eps)
     y         = xhat * gamma + beta
 
@@ -29,9 +29,11 @@ autodiff differentiate the forward op by op. What makes it fast (each choice mea
   [N, H*W, C], group norm on [N, H*W, G, C/G]; XLA's CPU reductions are much faster there than
   over (0, 1, 2) of [N, H, W, C].
 * Sums of full-size expressions are taken in short blocks that XLA fuses with the expression
-  (`_sum`), and sums over the same data are stacked into one reduction (`_sums`). Forward: one
-  pass over x for the mean, one for sum(x - m0) and sum((x - m0)^2), one writing y. Backward:
-  one pass over x and dy for sum(dy) and sum(dy * (x - mean)), one writing dx.
+  (`_sum`), and sums over the same data are stacked into one reduction (`_sums`).
+* One pass for the statistics: sum(x - m0) and sum((x - m0)^2) with m0 the mean of 1/16 of
+  each slice, whose error is provably at most 16x that of the sums (`_moments`), instead of a
+  first full pass for m0. Forward: one pass over x for the statistics, one writing y.
+  Backward: one pass over x and dy for sum(dy) and sum(dy * (x - mean)), one writing dx.
 
 Second-order gradients are not supported: the backward pass uses the forward's statistics as
 constants, so differentiating it would silently miss terms; it raises instead. Use
@@ -45,7 +47,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from core import _checks
+from core import _checks, stats
 
 # The values of the `backward` argument of batch_norm, layer_norm and group_norm.
 BACKWARDS = ("closed_form", "autodiff")
@@ -84,12 +86,14 @@ def _sum(p: tf.Tensor, axes: Sequence[int], blocked: bool) -> tf.Tensor:
     reduction it fuses with the expression, so the only full-size pass is the one reading the
     inputs. The cast to float64 keeps XLA from merging the two reductions back into one (and
     makes the second one more accurate). Measured on [100352, 32] float32: 1.3 ms for
-    sum((x - m)^2) over axis 0 in one reduction, 0.8 ms blocked. Unblocked when not compiled.
+    sum((x - m)^2) over axis 0 in one reduction, 0.8 ms blocked. Not blocked (when not
+    compiled, or no axis has a divisor in [4, 16]): accumulated in float64 (stats.sum_accurately),
+    as accurate and, for the small tensors that run uncompiled, as cheap.
     """
     axes = sorted(axes)
     plan = _block(p.shape, axes) if blocked and p.dtype != tf.float64 else None
     if plan is None:
-        return tf.reduce_sum(p, axis=axes, keepdims=True)
+        return stats.sum_accurately(p, axes, keepdims=True)
     axis, block = plan
     dims = [_dim(p, a) for a in range(p.shape.rank)]
     split = dims[:axis] + [block, dims[axis] // block] + dims[axis + 1 :]
@@ -111,25 +115,49 @@ def _sums(ps: Sequence[tf.Tensor], axes: Sequence[int], blocked: bool) -> list[t
     return tf.unstack(_sum(tf.stack(ps, axis=-1), axes, blocked), axis=-1)
 
 
-def _moments(x: tf.Tensor, axes: Sequence[int], blocked: bool, shifted: bool):
+# The shift of the one-pass statistics is the mean of the first 1/_SHIFT_FRACTION of each slice
+# (rounded up): it costs 1/16 of a pass over x and bounds the cancellation (see _moments).
+_SHIFT_FRACTION = 16
+
+
+def _shift(x: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
+    """The mean of the first ceil(s / 16) entries of x along its first reduced axis (of size s),
+    over all of the other reduced axes: a subset of at least 1/16 of every slice. Kept dims."""
+    axis = min(axes)
+    size = _dim(x, axis)
+    count = (size + _SHIFT_FRACTION - 1) // _SHIFT_FRACTION
+    rank = x.shape.rank
+    subset = tf.slice(x, [0] * rank, [count if a == axis else -1 for a in range(rank)])
+    return tf.reduce_mean(subset, axis=list(axes), keepdims=True)
+
+
+def _moments(x: tf.Tensor, axes: Sequence[int], blocked: bool, two_pass: bool):
     """Mean and biased variance over `axes` (kept, size 1), in float32 (float64 for float64).
 
-    The corrected two-pass algorithm of core.stats.moments (see there why not E[x^2] - E[x]^2),
-    with its sums done by _sum:
+    Shifted one-pass statistics, with the shift m0 computed from a subset S holding a fraction
+    f >= 1/16 of each slice (_shift); one pass over x then gives both sums:
 
-        m0 = sum(x) / n;  d = x - m0;  c = sum(d) / n;  mean = m0 + c;  var = sum(d^2) / n - c^2
+        d = x - m0;  c = sum(d) / n;  mean = m0 + c;  var = sum(d^2) / n - c^2
 
-    shifted (experimental, not the default): m0 is replaced by the first element of each slice,
-    saving the first pass; the cancellation then costs about u * ((mean - m0) / std)^2
-    relative, small unless that element is an outlier.
+    The identity is exact for any m0; only the cancellation in the last subtraction depends on
+    it, amplifying the sums' rounding by mean(d^2) / var = 1 + (mean - m0)^2 / var. With m0 the
+    mean of S and R the rest, mean - m0 = (1 - f)(mean_R - mean_S) and, by the between-group
+    term of the variance, var >= f (1 - f)(mean_R - mean_S)^2, so the amplification is at most
+    1 / f <= 16 whatever the data (an outlier subset, a large offset): a bounded constant,
+    unlike E[x^2] - E[x]^2 (m0 = 0), whose amplification grows with (mean / std)^2. For
+    typical data mean_S is close to the mean and the amplification close to 1. This saves one
+    of the forward's three passes over x (measured: tests/test_core_closed_form.py checks the
+    bound on adversarial data; bench/README.md the time).
+
+    two_pass: instead the corrected two-pass algorithm of core.stats.moments (m0 = the mean
+    of all of x, one more full pass), kept for the benchmark's comparison.
     """
     x = tf.cast(x, _checks.stats_dtype(x.dtype))
     n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
-    if shifted:
-        rank = x.shape.rank
-        m0 = tf.slice(x, [0] * rank, [1 if a in axes else -1 for a in range(rank)])
-    else:
+    if two_pass:
         m0 = _sum(x, axes, blocked) / n
+    else:
+        m0 = _shift(x, axes)
     d = x - m0
     sum_d, sum_d2 = _sums([d, tf.square(d)], axes, blocked)
     c = sum_d / n
@@ -137,9 +165,9 @@ def _moments(x: tf.Tensor, axes: Sequence[int], blocked: bool, shifted: bool):
     return m0 + c, variance
 
 
-def _forward(x, gamma, beta, axes, eps, compiled, shifted):
+def _forward(x, gamma, beta, axes, eps, compiled, two_pass):
     """y, mean, var, r on the merged layout; mean, var and r keep the reduced axes (size 1)."""
-    mean, variance = _moments(x, axes, blocked=compiled, shifted=shifted)
+    mean, variance = _moments(x, axes, blocked=compiled, two_pass=two_pass)
     dtype = mean.dtype
     inv_std = tf.math.rsqrt(variance + tf.constant(eps, dtype))
     # As core.stats.normalize: x - mean before scaling, so a large offset cancels exactly.
@@ -265,7 +293,7 @@ def standardize(
     eps: float,
     *,
     compiled: bool | None = None,
-    shifted: bool = False,
+    two_pass: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """`(x - mean) * rsqrt(var + eps) * gamma + beta` over `axes`, with a closed-form gradient.
 
@@ -279,8 +307,8 @@ def standardize(
         compiled: run forward and backward as XLA-compiled functions (True) or as plain
             TensorFlow ops (False); None (default) compiles when x has at least 2^16 elements
             or a size unknown at trace time.
-        shifted: one-pass shifted statistics instead of the two-pass ones (experimental; only
-            for the benchmark).
+        two_pass: the corrected two-pass statistics of core.stats.moments instead of the
+            default shifted one-pass ones (see _moments; for the benchmark's comparison).
 
     Returns:
         (y, mean, variance): y in x's dtype; mean and variance keep the reduced axes (size 1),
@@ -307,7 +335,7 @@ def standardize(
             bm.dtype,
             merged_axes,
             eps,
-            shifted,
+            two_pass,
         )
         forward, backward = _xla(_forward, signature), _xla(_backward, signature)
 
@@ -317,7 +345,7 @@ def standardize(
         # `grad` below). Otherwise TensorFlow runs a variant of the compiled function that also
         # outputs the intermediates its own autodiff would need: a full-size x - m0 here.
         inputs = [tf.stop_gradient(t) for t in (xm, gm, bm)]
-        y, mean, variance, inv_std = forward(*inputs, merged_axes, eps, compiled, shifted)
+        y, mean, variance, inv_std = forward(*inputs, merged_axes, eps, compiled, two_pass)
 
         def grad(dy, dmean, dvar):
             grads, _ = backward(

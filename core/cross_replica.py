@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from core import _checks
 from core.batch_norm import batch_norm_and_moments
-from core.stats import moments, normalize
+from core.stats import moments, normalize, sum_accurately
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -64,7 +64,7 @@ def cross_replica_moments(
     """Mean and biased variance of `x` over `axes` and over every replica's `x`.
 
     core.moments' corrected two-pass algorithm with every sum taken over the global batch:
-    replica i holds x_i, reduces it over `axes` in float32 (float64 for float64 input), and two
+    replica i holds x_i, reduces it over `axes` (sums accumulated in float64), and two
     all-reduce SUMs combine the replicas (n_i elements on replica i, n in all):
 
         n        = sum_i n_i
@@ -123,14 +123,14 @@ def cross_replica_moments(
 
     x = tf.cast(x, _checks.stats_dtype(x.dtype))
     count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
-    total, x_sum = context.all_reduce(_SUM, (count, tf.reduce_sum(x, axis=axes, keepdims=True)))
+    total, x_sum = context.all_reduce(_SUM, (count, sum_accurately(x, axes, keepdims=True)))
     m0 = tf.stop_gradient(x_sum / total)
     d = x - m0
     d_sum, d_square_sum = context.all_reduce(
         _SUM,
         (
-            tf.reduce_sum(d, axis=axes, keepdims=True),
-            tf.reduce_sum(tf.square(d), axis=axes, keepdims=True),
+            sum_accurately(d, axes, keepdims=True),
+            sum_accurately(tf.square(d), axes, keepdims=True),
         ),
     )
     c = d_sum / total

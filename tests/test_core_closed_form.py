@@ -216,6 +216,60 @@ def test_large_offset(path):
         _assert_rel(dgamma, rdgamma, 1e-3, f"{name} dgamma")
 
 
+def _adversarial_batches():
+    """float32 batches [256, 16, 16, 4] (2^16 values per channel) built against the one-pass
+    statistics' shift, the mean of the first 1/16 of each channel (the first 16 images)."""
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0.0, 1.0, (256, 16, 16, 4))
+    offset = noise + 1e4
+    outlier_subset = noise + 1e4
+    outlier_subset[:16] += 1e3
+    two_constants = np.full(noise.shape, 1e4)  # the bound's worst case: (mean - m0)^2/var = 15
+    two_constants[:16] += 1.0
+    tiny_rest = noise * 1e-3 + 1e4
+    tiny_rest[:16] += 5.0
+    return {
+        "offset 1e4": offset,
+        "first 1/16 +1e3": outlier_subset,
+        "two constants": two_constants,
+        "outlier subset, tiny rest": tiny_rest,
+    }
+
+
+@pytest.mark.parametrize("case", list(_adversarial_batches()))
+def test_one_pass_statistics_are_accurate_on_adversarial_data(case, path):
+    """The shifted one-pass statistics: the cancellation is bounded by 1 / f = 16 whatever the
+    data (core/closed_form.py, _moments), so float32 stays within a few float32 ulps of the
+    float64 truth (measured <= 2.5e-6 relative) where a bad shift loses everything."""
+    x = tf.constant(_adversarial_batches()[case], tf.float32)
+    x64 = np.asarray(x, np.float64)
+    gamma, beta = tf.ones([4]), tf.zeros([4])
+    _, mean, var = closed_form.standardize(x, gamma, beta, (0, 1, 2), EPS)
+    true_var = x64.var(axis=(0, 1, 2), keepdims=True)
+    np.testing.assert_allclose(var, true_var, rtol=1e-5)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 1, 2), keepdims=True), rtol=1e-7)
+    # The shift's amplification (mean - m0)^2 / var is within its bound 1/f - 1 = 15.
+    m0 = np.asarray(closed_form._shift(tf.constant(x64), (0, 1, 2)))
+    amplification = (x64.mean(axis=(0, 1, 2), keepdims=True) - m0) ** 2 / true_var
+    assert np.all(amplification <= 15.0 + 1e-9), amplification
+
+
+def test_one_pass_statistics_need_the_shift(monkeypatch):
+    """Without the shift (m0 = 0, i.e. E[x^2] - E[x]^2) the same computation loses the variance:
+    the accuracy test above can tell a good shift from a bad one."""
+    x = tf.constant(_adversarial_batches()["offset 1e4"], tf.float32)
+    true_var = np.asarray(x, np.float64).var(axis=(0, 1, 2), keepdims=True)
+    monkeypatch.setattr(
+        closed_form, "_shift", lambda x, axes: tf.zeros([1] * x.shape.rank, x.dtype)
+    )
+    closed_form._xla.cache_clear()  # compiled functions traced with the real shift
+    try:
+        _, _, var = closed_form.standardize(x, tf.ones([4]), tf.zeros([4]), (0, 1, 2), EPS)
+    finally:
+        closed_form._xla.cache_clear()  # nor may later tests get this one
+    assert np.max(np.abs(var - true_var) / true_var) > 0.1
+
+
 @pytest.mark.parametrize("jit", [False, True], ids=["function", "jit"])
 def test_inside_tf_function_and_jit_compile(jit, path):
     rng = np.random.default_rng(4)

@@ -30,6 +30,28 @@ def test_variance_survives_a_large_offset():
     np.testing.assert_allclose(y, ref.group_norm(x64, 1.0, 0.0, 2, 1e-3), atol=2e-3)
 
 
+def test_sums_accumulate_in_float64():
+    """2^16 values per channel, 1e4 and 1e4 + 1: TensorFlow's float32 reduce_sum is off by
+    ~1e-3 relative, enough to wreck even the corrected two-pass variance; core.moments sums in
+    float64 and is exact to float32 rounding."""
+    x = np.full((256, 16, 16, 4), 1e4, np.float32)
+    x[:16] += 1.0
+    x = tf.constant(x)
+    x64 = np.asarray(x, np.float64)
+    true_var = x64.var(axis=(0, 1, 2))
+    _, var = core.moments(x, [0, 1, 2])
+    np.testing.assert_allclose(var, true_var, rtol=1e-6)
+    float32_sum = np.asarray(tf.reduce_sum(x, axis=[0, 1, 2]), np.float64)
+    assert np.max(np.abs(float32_sum - x64.sum(axis=(0, 1, 2))) / x64.sum(axis=(0, 1, 2))) > 1e-4
+    # The same algorithm with float32 sums is far off: the float64 accumulation is what helps.
+    n = x64[..., 0].size
+    m0 = tf.reduce_sum(x, axis=[0, 1, 2]) / n
+    d = x - m0
+    c = tf.reduce_sum(d, axis=[0, 1, 2]) / n
+    float32_var = tf.reduce_sum(tf.square(d), axis=[0, 1, 2]) / n - tf.square(c)
+    assert np.max(np.abs(float32_var - true_var) / true_var) > 0.1
+
+
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16], ids=lambda d: d.name)
 def test_half_precision_in_the_hundreds(dtype):
     """|x| ~ 300: x^2 overflows float16 (max 65504); statistics in float32 do not."""
