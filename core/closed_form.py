@@ -29,7 +29,8 @@ autodiff differentiate the forward op by op. What makes it fast (each choice mea
   [N, H*W, C], group norm on [N, H*W, G, C/G]; XLA's CPU reductions are much faster there than
   over (0, 1, 2) of [N, H, W, C].
 * Sums of full-size expressions are taken in short blocks that XLA fuses with the expression
-  (`_sum`), and sums over the same data are stacked into one reduction (`_sums`).
+  (`_sum`, which is also what makes them accurate), and sums over the same data are stacked
+  into one reduction (`_sums`).
 * One pass for the statistics: sum(x - m0) and sum((x - m0)^2) with m0 the mean of 1/16 of
   each slice, whose error is provably at most 16x that of the sums (`_moments`), instead of a
   first full pass for m0. Forward: one pass over x for the statistics, one writing y.
@@ -61,59 +62,30 @@ def check_backward(backward) -> str:
     return backward
 
 
-# Partial sums cover at most this many elements of one axis (see _sum). 16 measured best: with
-# 32, XLA's CPU code for bfloat16 inputs ran 3x slower (4.9 vs 1.4 ms on [100352, 32]).
-_MAX_BLOCK = 16
+def _sum(p: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
+    """sum(p) over `axes`, keeping them (size 1), in p's dtype: stats.sum_accurately.
 
-
-def _block(shape: tf.TensorShape, axes: Sequence[int]):
-    """(axis, b): the first reduced axis of static size s with a divisor b in [4, 16], or None."""
-    for axis in sorted(axes):
-        size = shape[axis]
-        if size is None:
-            continue
-        block = max(d for d in range(1, _MAX_BLOCK + 1) if size % d == 0)
-        if block >= 4:
-            return axis, block
-    return None
-
-
-def _sum(p: tf.Tensor, axes: Sequence[int], blocked: bool) -> tf.Tensor:
-    """sum(p) over `axes`, keeping them (size 1), in p's dtype.
-
-    blocked: sum first over blocks of b <= 16 elements of one reduced axis (reshaped to
-    [b, s / b]), then the partial sums in float64. XLA's CPU backend writes an elementwise
-    expression out to memory before a long reduction of it (then reads it back); a short
-    reduction it fuses with the expression, so the only full-size pass is the one reading the
-    inputs. The cast to float64 keeps XLA from merging the two reductions back into one (and
-    makes the second one more accurate). Measured on [100352, 32] float32: 1.3 ms for
-    sum((x - m)^2) over axis 0 in one reduction, 0.8 ms blocked. Not blocked (when not
-    compiled, or no axis has a divisor in [4, 16]): accumulated in float64 (stats.sum_accurately),
-    as accurate and, for the small tensors that run uncompiled, as cheap.
+    Its blocks (partial sums of at most 16 terms of one axis, then float64) also matter for
+    speed here: XLA's CPU backend writes an elementwise expression out to memory before a long
+    reduction of it (then reads it back); a short reduction it fuses with the expression, so
+    the only full-size pass is the one reading the inputs. The cast to float64 keeps XLA from
+    merging the two reductions back into one. Measured on [100352, 32] float32: 1.3 ms for
+    sum((x - m)^2) over axis 0 in one reduction, 0.8 ms blocked.
     """
-    axes = sorted(axes)
-    plan = _block(p.shape, axes) if blocked and p.dtype != tf.float64 else None
-    if plan is None:
-        return stats.sum_accurately(p, axes, keepdims=True)
-    axis, block = plan
-    dims = [_dim(p, a) for a in range(p.shape.rank)]
-    split = dims[:axis] + [block, dims[axis] // block] + dims[axis + 1 :]
-    partial = tf.reduce_sum(tf.reshape(p, split), axis=axis)
-    total = tf.reduce_sum(tf.cast(partial, tf.float64), axis=axes, keepdims=True)
-    return tf.cast(total, p.dtype)
+    return stats.sum_accurately(p, axes, keepdims=True)
 
 
-def _sums(ps: Sequence[tf.Tensor], axes: Sequence[int], blocked: bool) -> list[tf.Tensor]:
-    """[_sum(p, axes, blocked) for p in ps], for same-shape ps, in one pass when blocked.
+def _sums(ps: Sequence[tf.Tensor], axes: Sequence[int], stacked: bool) -> list[tf.Tensor]:
+    """[_sum(p, axes) for p in ps], for same-shape ps, in one reduction when stacked.
 
     Stacked along a new last axis, the sums are one reduction, which XLA computes in one loop
     over the inputs instead of one loop per sum (f32 [100352, 32], sum(dy) and
-    sum(dy * (x - m)): 1.2 ms stacked, 1.8 ms separately). Unfused, stacking would only add a
-    copy.
+    sum(dy * (x - m)): 1.2 ms stacked, 1.8 ms separately). Unfused (not compiled), stacking
+    would only add a copy.
     """
-    if not blocked or len(ps) == 1:
-        return [_sum(p, axes, blocked) for p in ps]
-    return tf.unstack(_sum(tf.stack(ps, axis=-1), axes, blocked), axis=-1)
+    if not stacked or len(ps) == 1:
+        return [_sum(p, axes) for p in ps]
+    return tf.unstack(_sum(tf.stack(ps, axis=-1), axes), axis=-1)
 
 
 # The shift of the one-pass statistics is the mean of the first 1/_SHIFT_FRACTION of each slice
@@ -132,7 +104,7 @@ def _shift(x: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
     return tf.reduce_mean(subset, axis=list(axes), keepdims=True)
 
 
-def _moments(x: tf.Tensor, axes: Sequence[int], blocked: bool, two_pass: bool):
+def _moments(x: tf.Tensor, axes: Sequence[int], compiled: bool, two_pass: bool):
     """Mean and biased variance over `axes` (kept, size 1), in float32 (float64 for float64).
 
     Shifted one-pass statistics, with the shift m0 computed from a subset S holding a fraction
@@ -156,11 +128,11 @@ def _moments(x: tf.Tensor, axes: Sequence[int], blocked: bool, two_pass: bool):
     x = tf.cast(x, _checks.stats_dtype(x.dtype))
     n = _count(x, axes, x.dtype)
     if two_pass:
-        m0 = _sum(x, axes, blocked) / n
+        m0 = _sum(x, axes) / n
     else:
         m0 = _shift(x, axes)
     d = x - m0
-    sum_d, sum_d2 = _sums([d, tf.square(d)], axes, blocked)
+    sum_d, sum_d2 = _sums([d, tf.square(d)], axes, stacked=compiled)
     c = sum_d / n
     variance = tf.maximum(sum_d2 / n - tf.square(c), tf.zeros([], x.dtype))
     return m0 + c, variance
@@ -168,7 +140,7 @@ def _moments(x: tf.Tensor, axes: Sequence[int], blocked: bool, two_pass: bool):
 
 def _forward(x, gamma, beta, axes, eps, compiled, two_pass):
     """y, mean, var, r on the merged layout; mean, var and r keep the reduced axes (size 1)."""
-    mean, variance = _moments(x, axes, blocked=compiled, two_pass=two_pass)
+    mean, variance = _moments(x, axes, compiled=compiled, two_pass=two_pass)
     dtype = mean.dtype
     inv_std = tf.math.rsqrt(variance + tf.constant(eps, dtype))
     # As core.stats.normalize: x - mean before scaling, so a large offset cancels exactly.
@@ -196,7 +168,7 @@ def _backward(
     outer = [a for a in axes if a not in gamma_axes]
 
     def total(p, over):
-        return _sum(p, over, compiled) if over else p
+        return _sum(p, over) if over else p
 
     if inner:
         sum_dy, sum_dy_centered = _sums([dy, dy * centered], inner, compiled)

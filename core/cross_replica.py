@@ -64,7 +64,7 @@ def cross_replica_moments(
     """Mean and biased variance of `x` over `axes` and over every replica's `x`.
 
     core.moments' corrected two-pass algorithm with every sum taken over the global batch:
-    replica i holds x_i, reduces it over `axes` (sums accumulated in float64), and two
+    replica i holds x_i, reduces it over `axes` (core.stats.sum_accurately), and two
     all-reduce SUMs combine the replicas (n_i elements on replica i, n in all):
 
         n        = sum_i n_i
