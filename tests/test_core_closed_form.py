@@ -1,6 +1,6 @@
 """The closed-form backward pass (core.closed_form) against autodiff and the NumPy references.
 
-Every test runs both ways the closed form executes: XLA-compiled (the default from 2^13
+Every test runs both ways the closed form executes: XLA-compiled (the default from 2^16
 elements) and as plain TensorFlow ops (below that); the `path` fixture forces one or the other
 so that small test tensors exercise both.
 """
@@ -374,7 +374,7 @@ def test_bad_backward_is_a_value_error(bad):
 
 
 def test_compiles_only_large_tensors(monkeypatch):
-    """The default compiles from 2^13 elements (and for sizes unknown at trace time)."""
+    """The default compiles from 2^16 elements (and for sizes unknown at trace time)."""
     calls = []
     original = closed_form._xla
 
@@ -384,7 +384,7 @@ def test_compiles_only_large_tensors(monkeypatch):
 
     monkeypatch.setattr(closed_form, "_xla", spy)
     ones, zeros = tf.ones([4]), tf.zeros([4])
-    core.batch_norm(tf.ones([16, 8, 8, 4]), ones, zeros)  # 4096 elements
+    core.batch_norm(tf.ones([128, 8, 8, 4]), ones, zeros)  # 32768 elements
     assert calls == []
-    core.batch_norm(tf.ones([32, 8, 8, 4]), ones, zeros)  # 8192 elements
-    assert calls == [(32 * 8 * 8, 4), (32 * 8 * 8, 4)]  # forward and backward, merged layout
+    core.batch_norm(tf.ones([256, 8, 8, 4]), ones, zeros)  # 65536 elements
+    assert calls == [(256 * 8 * 8, 4), (256 * 8 * 8, 4)]  # forward and backward, merged layout
