@@ -119,8 +119,8 @@ def _moments(x: tf.Tensor, axes: Sequence[int], compiled: bool, two_pass: bool):
     1 / f <= 16 whatever the data (an outlier subset, a large offset): a bounded constant,
     unlike E[x^2] - E[x]^2 (m0 = 0), whose amplification grows with (mean / std)^2. For
     typical data mean_S is close to the mean and the amplification close to 1. This saves one
-    of the forward's three passes over x (measured: tests/test_core_closed_form.py checks the
-    bound on adversarial data; bench/README.md the time).
+    of the forward's three passes over x (tests/test_core_closed_form.py checks the bound on
+    adversarial data; BUILD_NOTES.md, "Performance", has the time saved).
 
     two_pass: instead the corrected two-pass algorithm of core.stats.moments (m0 = the mean
     of all of x, one more full pass), kept for the benchmark's comparison.

@@ -32,8 +32,9 @@ def test_variance_survives_a_large_offset():
 
 def test_sums_accumulate_in_float64():
     """2^16 values per channel, 1e4 and 1e4 + 1: TensorFlow's float32 reduce_sum is off by
-    ~1e-3 relative, enough to wreck even the corrected two-pass variance; core.moments sums in
-    float64 and is exact to float32 rounding."""
+    ~1e-3 relative, enough to wreck even the corrected two-pass variance; core.moments, whose
+    sums add float32 blocks of <= 16 terms in float64 (sum_accurately), is exact to float32
+    rounding."""
     x = np.full((256, 16, 16, 4), 1e4, np.float32)
     x[:16] += 1.0
     x = tf.constant(x)
@@ -43,7 +44,7 @@ def test_sums_accumulate_in_float64():
     np.testing.assert_allclose(var, true_var, rtol=1e-6)
     float32_sum = np.asarray(tf.reduce_sum(x, axis=[0, 1, 2]), np.float64)
     assert np.max(np.abs(float32_sum - x64.sum(axis=(0, 1, 2))) / x64.sum(axis=(0, 1, 2))) > 1e-4
-    # The same algorithm with float32 sums is far off: the float64 accumulation is what helps.
+    # The same algorithm with plain float32 sums is far off: the accurate sums are what helps.
     n = x64[..., 0].size
     m0 = tf.reduce_sum(x, axis=[0, 1, 2]) / n
     d = x - m0
