@@ -31,7 +31,7 @@ def batch_norm_and_moments(
     Reduces over every axis but the last (the channel axis): axes (0,) for [N, C], (0, 1, 2)
     for [N, H, W, C]:
 
-        mean = mean(x, axes);  var = mean((x - mean)^2, axes)         (biased, two-pass)
+        mean = mean(x, axes);  var = mean((x - mean)^2, axes)         (biased)
         y    = (x - mean) * rsqrt(var + eps) * gamma + beta
 
     Gradients flow through mean and var (this is the training-mode function); a module
@@ -45,13 +45,15 @@ def batch_norm_and_moments(
         eps: > 0, added to the variance inside the root. Default 1e-3 as in Keras.
         backward: how the gradient is computed. "closed_form" (the default, because it is
             the faster): the hand-derived backward pass of core.closed_form, forward and
-            backward each one XLA-compiled function from 2^16 elements. Measured with
-            `python -m bench.ops` on [128, 28, 28, 32] float32, forward+backward: 0.2x the
-            time of "autodiff", 0.8x fused_batch_norm's, 0.3x Keras BatchNormalization's;
-            in bfloat16 about fused_batch_norm's (its forward alone 1.3-1.4x). Second-order
-            gradients raise NotImplementedError. "autodiff": TensorFlow differentiates the
-            forward op by op; the readable reference, and it supports gradients of
-            gradients.
+            backward each one XLA-compiled function from 2^16 elements, with one-pass
+            statistics shifted by the mean of 1/16 of the batch (error bounded; see
+            core.closed_form). Measured with `python -m bench.ops` on [128, 28, 28, 32]
+            float32, forward+backward: 0.25x the time of "autodiff", 0.75x
+            fused_batch_norm's, 0.33x Keras BatchNormalization's; in bfloat16 1.03x
+            fused_batch_norm's (its forward alone 1.06-1.28x). Second-order gradients raise
+            NotImplementedError. "autodiff": TensorFlow differentiates the forward op by op,
+            with core.moments' corrected two-pass statistics; the readable reference, and it
+            supports gradients of gradients.
 
     Returns:
         (y, mean, variance); mean and variance are [C] in the statistics' dtype.
