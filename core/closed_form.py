@@ -133,9 +133,7 @@ def _moments(x: tf.Tensor, axes: Sequence[int], compiled: bool, two_pass: bool):
         m0 = _shift(x, axes)
     d = x - m0
     sum_d, sum_d2 = _sums([d, tf.square(d)], axes, stacked=compiled)
-    c = sum_d / n
-    variance = tf.maximum(sum_d2 / n - tf.square(c), tf.zeros([], x.dtype))
-    return m0 + c, variance
+    return stats.from_shifted_sums(m0, sum_d, sum_d2, n)
 
 
 def _forward(x, gamma, beta, axes, eps, compiled, two_pass):

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from core import _checks
 from core.batch_norm import batch_norm_and_moments
-from core.stats import moments, normalize, sum_accurately
+from core.stats import from_shifted_sums, moments, normalize, sum_accurately
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -133,9 +133,7 @@ def cross_replica_moments(
             sum_accurately(tf.square(d), axes, keepdims=True),
         ),
     )
-    c = d_sum / total
-    mean = m0 + c
-    variance = tf.maximum(d_square_sum / total - tf.square(c), tf.zeros([], x.dtype))
+    mean, variance = from_shifted_sums(m0, d_sum, d_square_sum, total)
     if not keepdims:
         mean = tf.squeeze(mean, axis=axes)
         variance = tf.squeeze(variance, axis=axes)

@@ -61,6 +61,21 @@ def sum_accurately(x: tf.Tensor, axes: Sequence[int], keepdims: bool = False) ->
     return tf.cast(total, x.dtype)
 
 
+def from_shifted_sums(m0: tf.Tensor, sum_d: tf.Tensor, sum_d2: tf.Tensor, n: tf.Tensor):
+    """(mean, biased variance) from the sums of d = x - m0 and of d^2 over n values:
+
+        c = sum_d / n;  mean = m0 + c;  variance = max(sum_d2 / n - c^2, 0)
+
+    Exact for any shift m0; the choice of m0 only sets how much the subtraction amplifies the
+    sums' rounding (1 + (mean - m0)^2 / var). Shared by moments (m0 = the mean, c its rounding
+    error), cross_replica_moments (m0 = the global mean) and the closed form's one-pass
+    statistics (m0 = a subset's mean). The max guards against a rounding-negative variance.
+    """
+    c = sum_d / n
+    variance = tf.maximum(sum_d2 / n - tf.square(c), tf.zeros([], sum_d2.dtype))
+    return m0 + c, variance
+
+
 def moments(
     x: tf.Tensor, axes: Sequence[int], keepdims: bool = False
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -91,10 +106,11 @@ def moments(
     n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
     m0 = sum_accurately(x, axes, keepdims=True) / n
     d = x - m0
-    c = sum_accurately(d, axes, keepdims=True) / n
-    mean = m0 + c
-    variance = tf.maximum(
-        sum_accurately(tf.square(d), axes, keepdims=True) / n - tf.square(c), tf.zeros([], x.dtype)
+    mean, variance = from_shifted_sums(
+        m0,
+        sum_accurately(d, axes, keepdims=True),
+        sum_accurately(tf.square(d), axes, keepdims=True),
+        n,
     )
     if not keepdims:
         mean = tf.squeeze(mean, axis=axes)
