@@ -12,13 +12,13 @@ still are; the exit status is then 1 (2 for bad flags).
 
 import sys
 
-from trainer.quiet import import_tensorflow
+from normlab.trainer.quiet import import_tensorflow
 
 import_tensorflow()
 
 from absl import flags  # noqa: E402
 
-from trainer import cli  # noqa: E402
+from normlab.trainer import cli  # noqa: E402
 
 flags.DEFINE_list("model_dirs", None, "Run directories, comma-separated, or a root holding runs.")
 flags.DEFINE_string(
@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    from trainer import evaluation
+    from normlab.trainer import evaluation
 
     if not FLAGS.model_dirs:
         raise cli.UsageError(

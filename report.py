@@ -11,12 +11,12 @@ Every flag: python report.py --helpfull. The design of the presets: report/exper
 
 import sys
 
-from trainer.quiet import import_tensorflow
+from normlab.trainer.quiet import import_tensorflow
 
 import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
 
-from report import cli  # noqa: E402
-from trainer import cli as trainer_cli  # noqa: E402
+from normlab.report import cli  # noqa: E402
+from normlab.trainer import cli as trainer_cli  # noqa: E402
 
 if __name__ == "__main__":
     trainer_cli.parse_flags_or_exit(sys.argv, "report.py")

@@ -10,14 +10,14 @@ Every flag: python train.py --helpfull. The flags are trainer/config.py's Config
 import os
 import sys
 
-from trainer.quiet import import_tensorflow
+from normlab.trainer.quiet import import_tensorflow
 
 import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
 
 from absl import flags  # noqa: E402
 
-from trainer import cli  # noqa: E402
-from trainer.config import Config, flags_path  # noqa: E402
+from normlab.trainer import cli  # noqa: E402
+from normlab.trainer.config import Config, flags_path  # noqa: E402
 
 flags.DEFINE_string(
     "model_dir",
@@ -30,7 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    from trainer.trainer import Trainer
+    from normlab.trainer.trainer import Trainer
 
     if not FLAGS.model_dir:
         raise cli.UsageError(

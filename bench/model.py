@@ -22,13 +22,13 @@ import sys
 import tempfile
 import time
 
-from trainer.quiet import import_tensorflow
+from normlab.trainer.quiet import import_tensorflow
 
 tf = import_tensorflow()
 
-from data.synthetic import tiny_splits  # noqa: E402
-from trainer.config import Config  # noqa: E402
-from trainer.trainer import Trainer  # noqa: E402
+from normlab.data.synthetic import tiny_splits  # noqa: E402
+from normlab.trainer.config import Config  # noqa: E402
+from normlab.trainer.trainer import Trainer  # noqa: E402
 
 NORMS = ("none", "batch", "layer", "weight", "group")
 

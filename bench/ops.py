@@ -31,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import core  # noqa: E402
-from core import builtin, closed_form  # noqa: E402
+from normlab import core  # noqa: E402
+from normlab.core import builtin, closed_form  # noqa: E402
 
 # The CNN's activations: the default CNN's two conv blocks and dense layer at batch 128, the
 # course's starter network (5x5 conv, 30 filters; dense 100) at batch 64.

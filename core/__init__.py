@@ -1,15 +1,15 @@
 """normlab's core: normalization as pure functions of tensors, from basic TensorFlow ops."""
 
-from core.batch_norm import (
+from normlab.core.batch_norm import (
     batch_norm,
     batch_norm_and_moments,
     batch_norm_inference,
     moving_average_update,
 )
-from core.cross_replica import cross_replica_moments, sync_batch_norm_and_moments
-from core.layer_norm import group_norm, layer_norm, rms_norm
-from core.stats import moments, normalize
-from core.weight_norm import data_dependent_init, kernel_norm, weight_norm
+from normlab.core.cross_replica import cross_replica_moments, sync_batch_norm_and_moments
+from normlab.core.layer_norm import group_norm, layer_norm, rms_norm
+from normlab.core.stats import moments, normalize
+from normlab.core.weight_norm import data_dependent_init, kernel_norm, weight_norm
 
 __all__ = [
     "batch_norm",

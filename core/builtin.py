@@ -30,7 +30,7 @@ import functools
 import keras
 import tensorflow as tf
 
-from core import _checks
+from normlab.core import _checks
 
 
 def _compute_dtype(x: tf.Tensor) -> tf.DType:

@@ -19,7 +19,7 @@ import threading
 import keras
 import tensorflow as tf
 
-from core import _checks
+from normlab.core import _checks
 
 _LAYERS: dict[tuple, keras.layers.Layer] = {}
 # MirroredStrategy runs each replica's function in its own thread: build each layer once.

@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from core import _checks, stats
+from normlab.core import _checks, stats
 
 # The values of the `backward` argument of batch_norm, layer_norm and group_norm.
 BACKWARDS = ("closed_form", "autodiff")

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from core import _checks
-from core.batch_norm import batch_norm_and_moments
-from core.stats import from_shifted_sums, moments, normalize, sum_accurately
+from normlab.core import _checks
+from normlab.core.batch_norm import batch_norm_and_moments
+from normlab.core.stats import from_shifted_sums, moments, normalize, sum_accurately
 
 _SUM = tf.distribute.ReduceOp.SUM
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from core import _checks, closed_form
-from core.stats import moments, normalize
+from normlab.core import _checks, closed_form
+from normlab.core.stats import moments, normalize
 
 
 def _per_example_param(param, name: str, x: tf.Tensor) -> tf.Tensor:

@@ -1,7 +1,7 @@
 """Custom vs built-in on the same inputs: forward and gradient differences.
 
-    python -m core.parity            # the table for every norm, shape and dtype
-    python -m core.parity --markdown # the same as a Markdown table (BUILD_NOTES.md)
+    python -m normlab.core.parity            # the table for every norm, shape and dtype
+    python -m normlab.core.parity --markdown # the same as a Markdown table (BUILD_NOTES.md)
 
 Gradients are taken of sum(y * dy) for a fixed random cotangent dy, not of sum(y): the sum of a
 normalized tensor does not depend on x, so d sum(y)/dx is 0 for both and would compare nothing.
@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-import core
-from core import builtin
+from normlab import core
+from normlab.core import builtin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +195,7 @@ def main(argv: Sequence[str]) -> int:
     unknown = [a for a in argv if a != "--markdown"]
     if unknown:
         print(
-            f"unknown arguments {unknown}; usage: python -m core.parity [--markdown]",
+            f"unknown arguments {unknown}; usage: python -m normlab.core.parity [--markdown]",
             file=sys.stderr,
         )
         return 2

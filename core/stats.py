@@ -6,7 +6,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from core import _checks
+from normlab.core import _checks
 
 
 # Partial sums cover at most this many elements of one axis (see sum_accurately). 16 measured

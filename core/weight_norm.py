@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from core import _checks
-from core.stats import moments
+from normlab.core import _checks
+from normlab.core.stats import moments
 
 # Floor on the squared norm, the same as tf.nn.l2_normalize's: a zero direction gives w = 0
 # and finite gradients instead of 0/0. The gradient of such a direction is g / sqrt(floor),

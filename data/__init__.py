@@ -1,14 +1,14 @@
 """Input data: reading, splitting and tf.data pipelines."""
 
-from data.datasets import DEFAULT_FASHION_MNIST_DIR
-from data.datasets import DatasetInfo
-from data.datasets import load
-from data.datasets import Splits
-from data.errors import DatasetError
-from data.idx import read_idx
-from data.pipeline import eval_dataset
-from data.pipeline import steps_per_epoch
-from data.pipeline import train_dataset
+from normlab.data.datasets import DEFAULT_FASHION_MNIST_DIR
+from normlab.data.datasets import DatasetInfo
+from normlab.data.datasets import load
+from normlab.data.datasets import Splits
+from normlab.data.errors import DatasetError
+from normlab.data.idx import read_idx
+from normlab.data.pipeline import eval_dataset
+from normlab.data.pipeline import steps_per_epoch
+from normlab.data.pipeline import train_dataset
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data.errors import DatasetError
-from data.idx import find_idx_file
-from data.idx import read_idx
+from normlab.data.errors import DatasetError
+from normlab.data.idx import find_idx_file
+from normlab.data.idx import read_idx
 
 # Where the Debian/Ubuntu package `dataset-fashion-mnist` installs the files.
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from data.errors import DatasetError
+from normlab.data.errors import DatasetError
 
 # Only unsigned bytes are needed (MNIST pixels and labels); the other IDX types
 # are named so that a rejected file gets a readable message.

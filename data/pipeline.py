@@ -5,7 +5,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from data.errors import DatasetError
+from normlab.data.errors import DatasetError
 
 # Independent random streams derived from the one training seed: the epoch
 # order and the augmentation must not reuse each other's random numbers.

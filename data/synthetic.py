@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.datasets import DatasetInfo, Splits
+from normlab.data.datasets import DatasetInfo, Splits
 
 
 def tiny_splits(

@@ -1,8 +1,8 @@
 """normlab's models: tf.Modules with explicit variables over the core functions."""
 
-from models.cnn import ARCHS, CNN, NORMS, WN_INITS, ModelConfig
-from models.layers import Conv2D, Dense
-from models.norms import IMPLS, BatchNorm, GroupNorm, LayerNorm
+from normlab.models.cnn import ARCHS, CNN, NORMS, WN_INITS, ModelConfig
+from normlab.models.layers import Conv2D, Dense
+from normlab.models.norms import IMPLS, BatchNorm, GroupNorm, LayerNorm
 
 __all__ = [
     "ARCHS",

@@ -6,8 +6,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from models.layers import Conv2D, Dense
-from models.norms import BatchNorm, GroupNorm, LayerNorm, largest_divisor_at_most
+from normlab.models.layers import Conv2D, Dense
+from normlab.models.norms import BatchNorm, GroupNorm, LayerNorm, largest_divisor_at_most
 
 ARCHS = ("default", "course")
 NORMS = ("none", "batch", "layer", "weight", "group")

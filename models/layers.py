@@ -6,8 +6,8 @@ import math
 
 import tensorflow as tf
 
-import core
-from core import builtin
+from normlab import core
+from normlab.core import builtin
 
 # The initialisers a layer can use: He normal (for ReLU nets) or the course's N(0, 0.1).
 INITS = ("he", "course")

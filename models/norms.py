@@ -6,8 +6,8 @@ import functools
 
 import tensorflow as tf
 
-import core
-from core import builtin, builtin_sync
+from normlab import core
+from normlab.core import builtin, builtin_sync
 
 IMPLS = ("custom", "builtin")
 

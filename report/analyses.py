@@ -23,14 +23,14 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-import core
-import data
-from core import builtin, parity
-from models.cnn import CNN
-from report.suite import read_json, write_json
-from trainer.config import Config
-from trainer.errors import UsageError
-from trainer.optim import learning_rate, make_optimizer
+from normlab import core
+from normlab import data
+from normlab.core import builtin, parity
+from normlab.models.cnn import CNN
+from normlab.report.suite import read_json, write_json
+from normlab.trainer.config import Config
+from normlab.trainer.errors import UsageError
+from normlab.trainer.optim import learning_rate, make_optimizer
 
 ANALYSIS_DIR = "analysis"
 # Part of every cache key: bump it when an analysis computes something new, so cached results
@@ -124,7 +124,7 @@ def first_batch(config: Config, splits) -> tuple[tf.Tensor, tf.Tensor]:
 
 def _open(config: Config, run_dir: str, splits):
     """The run's latest checkpoint in a read-only Trainer (writes nothing to run_dir)."""
-    from trainer.trainer import Trainer
+    from normlab.trainer.trainer import Trainer
 
     return Trainer(config, run_dir, splits=splits, log=lambda _: None, read_only=True)
 
@@ -537,7 +537,7 @@ def run_all(
 ) -> dict:
     """Every analysis the report needs: {"parity": {norm: ...}, "twins": {norm: ...},
     "bn_eval": {run name: ...}, "seconds": total measured, "seconds_now": computed now}."""
-    from report.experiments import SECTION_BATCH, SECTION_IMPL, SECTION_NORMS
+    from normlab.report.experiments import SECTION_BATCH, SECTION_IMPL, SECTION_NORMS
 
     out = {
         "parity": {},

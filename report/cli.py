@@ -6,7 +6,7 @@ import sys
 
 from absl import flags
 
-from report import experiments, pipeline
+from normlab.report import experiments, pipeline
 
 flags.DEFINE_string(
     "root",
@@ -43,7 +43,7 @@ FLAGS = flags.FLAGS
 
 
 def print_plan(options: pipeline.Options) -> None:
-    from report.suite import duration, prior_seconds
+    from normlab.report.suite import duration, prior_seconds
 
     preset = experiments.PRESETS[options.preset]
     n_train = len(pipeline.load_data(options).train_x)

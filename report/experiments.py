@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from trainer.config import Config
+from normlab.trainer.config import Config
 
 SECTION_NORMS = "norms"  # 1: with and without normalization, several seeds
 SECTION_IMPL = "impl"  # 2: custom vs TensorFlow's built-ins

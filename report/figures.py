@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only: no display on a training machine
 import matplotlib.pyplot as plt
 import numpy as np
 
-from report.results import Curves, Tables
+from normlab.report.results import Curves, Tables
 
 COLORS = {
     "none": "#555555",

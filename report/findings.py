@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from report.results import BatchRow, NormRow, Tables
+from normlab.report.results import BatchRow, NormRow, Tables
 
 # The exercise's typical results (test accuracy) after 5 and 2 epochs, and published small
 # CNNs on Fashion-MNIST (REFERENCE.md, "Accuracy anchors on Fashion-MNIST").

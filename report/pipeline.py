@@ -8,8 +8,8 @@ import shlex
 import time
 from collections.abc import Callable
 
-from report import experiments
-from trainer.errors import UsageError
+from normlab.report import experiments
+from normlab.trainer.errors import UsageError
 
 LOG_FILE = "suite.log"
 
@@ -61,7 +61,7 @@ class Options:
 
 
 def load_data(options: Options):
-    import data
+    from normlab import data
 
     preset = experiments.PRESETS[options.preset]
     return data.load(
@@ -76,7 +76,7 @@ def generate(options: Options, log: Log | None = None) -> str:
     settings, or (report_only) anything missing; RunError if a run fails for another reason
     than a non-finite loss (which is recorded as diverged).
     """
-    from report import analyses, figures, machine, results, suite, writer
+    from normlab.report import analyses, figures, machine, results, suite, writer
 
     start = time.perf_counter()
     if options.preset not in experiments.PRESETS:

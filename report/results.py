@@ -15,7 +15,7 @@ import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from report.experiments import (
+from normlab.report.experiments import (
     SECTION_BATCH,
     SECTION_IMPL,
     SECTION_LR,
@@ -23,7 +23,7 @@ from report.experiments import (
     Preset,
     RunSpec,
 )
-from report.suite import COMPLETE, DIVERGED, Outcome
+from normlab.report.suite import COMPLETE, DIVERGED, Outcome
 
 # Section 1's threshold is the highest multiple of this every norm's mean curve reaches.
 THRESHOLD_GRID = 0.005

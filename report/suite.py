@@ -17,9 +17,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from report.experiments import RunSpec
-from trainer.config import Config, flags_path
-from trainer.errors import RunError, UsageError
+from normlab.report.experiments import RunSpec
+from normlab.trainer.config import Config, flags_path
+from normlab.trainer.errors import RunError, UsageError
 
 RECORD_FILE = "suite.json"
 METRICS_FILE = "metrics.json"  # the trainer's (trainer.trainer.METRICS_FILE)
@@ -121,7 +121,7 @@ def train(root: str, spec: RunSpec, splits, log: Callable[[str], None]) -> Outco
     The wall time of this session is added to suite.json however the session ends, so an
     interrupted and resumed run is charged for all its sessions.
     """
-    from trainer.trainer import Trainer  # TensorFlow-heavy
+    from normlab.trainer.trainer import Trainer  # TensorFlow-heavy
 
     directory = run_dir(root, spec)
     start = time.perf_counter()

@@ -6,16 +6,16 @@ import dataclasses
 import math
 import os
 
-from report import findings as findings_lib
-from report.experiments import (
+from normlab.report import findings as findings_lib
+from normlab.report.experiments import (
     SECTION_BATCH,
     SECTION_IMPL,
     SECTION_LR,
     SECTION_NORMS,
     Preset,
 )
-from report.results import DISTANCE_LEVELS, THRESHOLD_GRID, Tables, mean_std
-from report.suite import DIVERGED, Outcome, duration
+from normlab.report.results import DISTANCE_LEVELS, THRESHOLD_GRID, Tables, mean_std
+from normlab.report.suite import DIVERGED, Outcome, duration
 
 REPORT_FILE = "REPORT.md"
 FIGURES_DIR = "figures"

@@ -123,7 +123,7 @@ def _summary_steps(logdir: str) -> list[int]:
 
 def run(args) -> dict:
     """The drill; returns its findings. `ok` says whether every check held."""
-    from data.synthetic import write_idx_dataset
+    from normlab.data.synthetic import write_idx_dataset
 
     work = args.workdir or tempfile.mkdtemp(prefix="normlab-kill-")
     data_dir = os.path.join(work, "data")

@@ -22,9 +22,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-import core
-import models
-from core import builtin_sync
+from normlab import core
+from normlab import models
+from normlab.core import builtin_sync
 from tests import reference as ref
 
 SUM = tf.distribute.ReduceOp.SUM

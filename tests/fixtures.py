@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from data.synthetic import tiny_splits, write_idx_dataset
+from normlab.data.synthetic import tiny_splits, write_idx_dataset
 
 __all__ = ["ROOT", "run_program", "tiny_splits", "write_idx_dataset"]
 

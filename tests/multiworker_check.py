@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-import core
-import models
+from normlab import core
+from normlab import models
 
 EPS = 1e-3
 SPLIT = 40  # worker 0 holds examples [0, 40), worker 1 [40, 64)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import core
-from core import builtin, parity
+from normlab import core
+from normlab.core import builtin, parity
 from tests.numerics import tolerance
 
 

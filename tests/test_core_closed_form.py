@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import core
-from core import closed_form
+from normlab import core
+from normlab.core import closed_form
 from tests import reference as ref
 from tests.numerics import ALL_DTYPES, assert_close, quantized
 

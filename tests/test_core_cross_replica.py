@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import core
-from core import builtin_sync
-from models import BatchNorm
+from normlab import core
+from normlab.core import builtin_sync
+from normlab.models import BatchNorm
 from tests import reference as ref
 from tests.numerics import ALL_DTYPES, assert_close, quantized
 

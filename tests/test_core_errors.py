@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import core
+from normlab import core
 
 X = tf.zeros([4, 3, 3, 6])
 G = tf.ones([6])

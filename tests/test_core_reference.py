@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import core
+from normlab import core
 from tests import reference as ref
 from tests.numerics import ALL_DTYPES, assert_close, quantized
 

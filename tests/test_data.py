@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import data
-from data import datasets
+from normlab import data
+from normlab.data import datasets
 
 _REINSTALL_HINT = "apt-get install --reinstall dataset-fashion-mnist"
 

@@ -4,7 +4,7 @@ import dataclasses
 import os
 import re
 
-from trainer.config import Config
+from normlab.trainer.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()

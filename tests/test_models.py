@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import CNN, NORMS, BatchNorm, ModelConfig
+from normlab.models import CNN, NORMS, BatchNorm, ModelConfig
 
 COMBOS = [
     (arch, norm, impl)

@@ -9,16 +9,16 @@ import sys
 import pytest
 
 from tests.fixtures import tiny_splits, write_idx_dataset
-from trainer import lock
-from trainer.config import Config
-from trainer.errors import RunError
-from trainer.trainer import Trainer
+from normlab.trainer import lock
+from normlab.trainer.config import Config
+from normlab.trainer.errors import RunError
+from normlab.trainer.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_LOCK = """
 import sys, time
 sys.path.insert(0, {root!r})
-from trainer import lock
+from normlab.trainer import lock
 lock.acquire({model_dir!r}, log=lambda _: None)
 print("locked", flush=True)
 time.sleep(120)

@@ -12,11 +12,11 @@ import types
 
 import pytest
 
-from report import experiments, findings, pipeline, suite
-from report.results import BatchRow, ImplRow, LrRow, NormRow, Tables
+from normlab.report import experiments, findings, pipeline, suite
+from normlab.report.results import BatchRow, ImplRow, LrRow, NormRow, Tables
 from tests.fixtures import write_idx_dataset
-from trainer.errors import UsageError
-from trainer.trainer import Trainer
+from normlab.trainer.errors import UsageError
+from normlab.trainer.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -296,8 +296,8 @@ def test_float64_reference_matches_the_core_functions(norm):
     import numpy as np
     import tensorflow as tf
 
-    import core
-    from report.analyses import reference64
+    from normlab import core
+    from normlab.report.analyses import reference64
 
     rng = np.random.default_rng(0)
     x = rng.normal(0.5, 2.0, (8, 6, 6, 12))

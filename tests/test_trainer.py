@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 from tests.fixtures import tiny_splits
-from trainer.config import Config
-from trainer.errors import RunError, UsageError
-from trainer.optim import SGD, Adam, learning_rate
-from trainer.trainer import Trainer
+from normlab.trainer.config import Config
+from normlab.trainer.errors import RunError, UsageError
+from normlab.trainer.optim import SGD, Adam, learning_rate
+from normlab.trainer.trainer import Trainer
 
 SMALL = dict(
     batch_size=32,
@@ -52,7 +52,7 @@ def test_one_step_changes_every_trainable_variable(tmp_path, norm, impl):
 
 
 def trainer_dataset(trainer):
-    import data
+    from normlab import data
 
     s = trainer.splits
     return data.train_dataset(

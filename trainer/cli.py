@@ -10,8 +10,8 @@ from typing import Callable
 
 from absl import flags
 
-from trainer.config import Config
-from trainer.errors import RunError, UsageError
+from normlab.trainer.config import Config
+from normlab.trainer.errors import RunError, UsageError
 
 __all__ = [
     "RunError",
@@ -68,7 +68,7 @@ def run_main(main: Callable[[], int], program: str) -> int:
     Other exceptions are bugs: their trace is printed (NORMLAB_TRACEBACK=1 prints it for the
     expected errors too).
     """
-    from data import DatasetError  # imported here: data imports TensorFlow
+    from normlab.data import DatasetError  # imported here: data imports TensorFlow
 
     try:
         return main()

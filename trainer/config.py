@@ -6,9 +6,9 @@ import dataclasses
 import os
 from typing import Any
 
-from models.cnn import ARCHS, NORMS, WN_INITS, ModelConfig
-from models.norms import IMPLS
-from trainer.errors import UsageError
+from normlab.models.cnn import ARCHS, NORMS, WN_INITS, ModelConfig
+from normlab.models.norms import IMPLS
+from normlab.trainer.errors import UsageError
 
 DATASETS = ("fashion_mnist", "cifar10")
 OPTIMIZERS = ("sgd", "adam")

@@ -14,7 +14,7 @@ import os
 
 import tensorflow as tf
 
-from trainer.errors import UsageError
+from normlab.trainer.errors import UsageError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 

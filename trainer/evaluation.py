@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
-import data
-from trainer.config import Config, flags_path
-from trainer.errors import RunError, UsageError
+from normlab import data
+from normlab.trainer.config import Config, flags_path
+from normlab.trainer.errors import RunError, UsageError
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ def evaluate_runs(
     dirs: list[str], checkpoint: str | None = None, data_dir: str | None = None, log=print
 ) -> tuple[list[RunResult], dict[str, str]]:
     """Evaluates each run on its test split; returns (results, {dir: reason it failed})."""
-    from trainer.trainer import Trainer  # TensorFlow-heavy; imported when needed
+    from normlab.trainer.trainer import Trainer  # TensorFlow-heavy; imported when needed
 
     results, failures, cache = [], {}, {}
     for model_dir in dirs:

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-from trainer.errors import RunError
+from normlab.trainer.errors import RunError
 
 LOCK_FILE = "lock"
 

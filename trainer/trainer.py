@@ -28,12 +28,12 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-import data
-from models.cnn import CNN
-from trainer import checkpoints, distribute, events, lock, summaries
-from trainer.config import Config, flags_path
-from trainer.errors import RunError, UsageError
-from trainer.optim import learning_rate, make_optimizer
+from normlab import data
+from normlab.models.cnn import CNN
+from normlab.trainer import checkpoints, distribute, events, lock, summaries
+from normlab.trainer.config import Config, flags_path
+from normlab.trainer.errors import RunError, UsageError
+from normlab.trainer.optim import learning_rate, make_optimizer
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
