@@ -12,7 +12,7 @@ still are; the exit status is then 1 (2 for bad flags).
 
 import sys
 
-from normlab.trainer.quiet import import_tensorflow
+from normlab.quiet import import_tensorflow
 
 import_tensorflow()
 
@@ -60,5 +60,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    cli.parse_flags_or_exit(sys.argv, "eval.py")
+    cli.parse_flags_or_exit(
+        sys.argv,
+        "eval.py",
+        __doc__,
+        ["model_dirs", "checkpoint", "data_dir", "markdown", "json", "csv"],
+    )
     sys.exit(cli.run_main(main, "eval.py"))

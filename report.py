@@ -11,7 +11,7 @@ Every flag: python report.py --helpfull. The design of the presets: report/exper
 
 import sys
 
-from normlab.trainer.quiet import import_tensorflow
+from normlab.quiet import import_tensorflow
 
 import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
 
@@ -19,5 +19,5 @@ from normlab.report import cli  # noqa: E402
 from normlab.trainer import cli as trainer_cli  # noqa: E402
 
 if __name__ == "__main__":
-    trainer_cli.parse_flags_or_exit(sys.argv, "report.py")
+    trainer_cli.parse_flags_or_exit(sys.argv, "report.py", __doc__, cli.FLAG_NAMES)
     sys.exit(trainer_cli.run_main(cli.main, "report.py"))

@@ -3,7 +3,7 @@
     python -m bench.model                    # default CNN, batch 128 (~3 min)
     python -m bench.model --arch=course --batch_size=64 --repeats=15
 
-Times the trainer's own compiled step (trainer.Trainer._train_step: forward, loss, backward,
+Times the trainer's own compiled step (trainer.steps.TrainStep: forward, loss, backward,
 gradient norms, optimizer update) on one fixed batch, for every --norm x --norm_impl, and
 reports the median images/s, the ratio of each step's time to the no-norm step's and, for
 batch norm, custom's time over the fastest built-in's: all measured in the same run, with the
@@ -22,25 +22,26 @@ import sys
 import tempfile
 import time
 
-from normlab.trainer.quiet import import_tensorflow
+from normlab.quiet import import_tensorflow
 
 tf = import_tensorflow()
 
+from normlab.core import registry  # noqa: E402
 from normlab.data.synthetic import tiny_splits  # noqa: E402
+from normlab.trainer import summaries  # noqa: E402
 from normlab.trainer.config import Config  # noqa: E402
 from normlab.trainer.trainer import Trainer  # noqa: E402
 
-NORMS = ("none", "batch", "layer", "weight", "group")
-
 
 def _candidates() -> list[tuple[str, str, str]]:
-    """(norm, impl, backward): every norm custom and built-in; autodiff for the centred ones."""
-    out = [("none", "custom", "closed_form")]
-    for norm in NORMS[1:]:
-        out.append((norm, "custom", "closed_form"))
-        if norm in ("batch", "layer", "group"):
-            out.append((norm, "custom", "autodiff"))
-        out.append((norm, "builtin", "closed_form"))
+    """(norm, impl, backward): every registry norm custom and built-in, and autodiff for the
+    norms whose custom backward is a closed form."""
+    out = [(registry.NONE, "custom", "closed_form")]
+    for norm in registry.NORMS.values():
+        out.append((norm.name, "custom", "closed_form"))
+        if norm.custom.closed_form:
+            out.append((norm.name, "custom", "autodiff"))
+        out.append((norm.name, "builtin", "closed_form"))
     return out
 
 
@@ -66,7 +67,7 @@ def run(args) -> dict:
                 config, os.path.join(tmp, name.replace("/", "-")), splits=splits, log=lambda _: None
             )
             for _ in range(3):  # trace, compile, warm up
-                trainer._train_step(images, labels, False)[0]["loss"].numpy()
+                float(trainer.train_step(images, labels)[summaries.LOSS])
             steps[name] = trainer
         samples = {name: [] for name in steps}
         for _ in range(args.repeats):
@@ -76,8 +77,8 @@ def run(args) -> dict:
                 trainer = steps[name]
                 start = time.perf_counter()
                 for _ in range(args.calls):
-                    metrics, _ = trainer._train_step(images, labels, False)
-                metrics["loss"].numpy()
+                    metrics = trainer.train_step(images, labels)
+                float(metrics[summaries.LOSS])
                 samples[name].append((time.perf_counter() - start) / args.calls)
     median = {name: statistics.median(s) for name, s in samples.items()}
     base = median["none/custom"]

@@ -146,6 +146,8 @@ def sync_batch_norm_and_moments(
     beta: tf.Tensor,
     eps: float = 1e-3,
     replica_context: tf.distribute.ReplicaContext | None = None,
+    *,
+    backward: str = "closed_form",
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Training-mode batch norm with the statistics of the global batch (all replicas).
 
@@ -161,7 +163,8 @@ def sync_batch_norm_and_moments(
     The backward pass is TensorFlow's autodiff through these basic ops and the all-reduces.
 
     With one replica in sync (no strategy, a one-device strategy, or a cross-replica context,
-    where x is the whole batch) this is `core.batch_norm_and_moments(x, gamma, beta, eps)`.
+    where x is the whole batch) this is `core.batch_norm_and_moments(x, gamma, beta, eps,
+    backward=backward)`.
 
     Args:
         x: this replica's [N, ..., C] slice, float16, bfloat16, float32 or float64; statistics
@@ -169,6 +172,9 @@ def sync_batch_norm_and_moments(
         gamma, beta: [C], any float dtype (float32 under mixed precision).
         eps: > 0, added to the variance inside the root. Default 1e-3 as in Keras.
         replica_context: as in `cross_replica_moments`.
+        backward: with one replica, the backward pass of `core.batch_norm_and_moments`
+            ("closed_form" or "autodiff"); several replicas always use autodiff through the
+            all-reduces.
 
     Returns:
         (y, mean, variance); mean and variance are [C] in the statistics' dtype and the same on
@@ -193,7 +199,7 @@ def sync_batch_norm_and_moments(
     if context is None or context.num_replicas_in_sync == 1:
         # The local batch is the global batch: the unsynchronized function, with its faster
         # backward pass and its refusal of one value per channel.
-        return batch_norm_and_moments(x, gamma, beta, eps)
+        return batch_norm_and_moments(x, gamma, beta, eps, backward=backward)
     # On several replicas a [1, C] slice is fine: the global batch has one value per replica.
     axes = list(range(x.shape.rank - 1))
     mean, variance = cross_replica_moments(x, axes, context)

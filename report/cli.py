@@ -40,6 +40,7 @@ flags.DEFINE_boolean(
     "verbose", False, "Also print the trainer's progress lines (always in <root>/suite.log)."
 )
 FLAGS = flags.FLAGS
+FLAG_NAMES = ["root", "preset", "out", "data_dir", "report_only", "plan", "verbose"]
 
 
 def print_plan(options: pipeline.Options) -> None:

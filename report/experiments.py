@@ -102,7 +102,7 @@ PRESETS = {
         name="full",
         description="the report's numbers: 3 seeds, 5 epochs; about 60-90 min on 2 cores",
         base=dict(
-            _COMMON, widths="32,64", dense_units=128, validation_size=5000, eval_batch_size=1000
+            _COMMON, widths=(32, 64), dense_units=128, validation_size=5000, eval_batch_size=1000
         ),
         reference_batch=128,
         base_lr=0.05,
@@ -129,7 +129,7 @@ PRESETS = {
         name="quick",
         description="a first look and a smoke test: 1 seed, a quarter epoch; a few minutes",
         base=dict(
-            _COMMON, widths="32,64", dense_units=128, validation_size=5000, eval_batch_size=1000
+            _COMMON, widths=(32, 64), dense_units=128, validation_size=5000, eval_batch_size=1000
         ),
         reference_batch=128,
         base_lr=0.05,
@@ -155,7 +155,7 @@ PRESETS = {
     "tiny": Preset(
         name="tiny",
         description="for the tests only: seconds on a fixture; the numbers mean nothing",
-        base=dict(_COMMON, widths="8", dense_units=16, validation_size=64, eval_batch_size=64),
+        base=dict(_COMMON, widths=(8,), dense_units=16, validation_size=64, eval_batch_size=64),
         reference_batch=16,
         base_lr=0.05,
         bn_momentum=0.9,

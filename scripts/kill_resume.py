@@ -109,16 +109,21 @@ def _variables(checkpoint_prefix: str) -> dict:
     return {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
-        if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")
+        # The model's state only: not the bookkeeping (save counter, training wall time).
+        if "save_counter" not in name
+        and "train_seconds" not in name
+        and not name.startswith("_CHECKPOINTABLE")
     }
 
 
 def _summary_steps(logdir: str) -> list[int]:
     from tensorboard.backend.event_processing import event_accumulator
 
+    from normlab.trainer.summaries import LOSS
+
     acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
-    return [e.step for e in acc.Tensors("train/loss")]
+    return [e.step for e in acc.Tensors(LOSS)]
 
 
 def run(args) -> dict:

@@ -250,29 +250,13 @@ def check_offset(h: Harness) -> dict:
 
 
 def _cnn(impl: str, sync: bool) -> models.CNN:
-    """The small CNN (8-channel conv, 16 hidden units) with batch norm, optionally synchronized.
-
-    ModelConfig has no sync field (the trainer's owner will add one), so the norm modules are
-    replaced by synchronized ones with the same settings and names; their initial values are
-    the constants 1 and 0 either way.
-    """
-    model = models.CNN(models.ModelConfig(norm="batch", impl=impl, widths=(8,), dense_units=16))
-    if sync:
-        c = model.config
-
-        def synced(norm):
-            return models.BatchNorm(
-                norm.gamma.shape[0],
-                impl=impl,
-                momentum=c.momentum,
-                eps=c.eps,
-                sync=True,
-                name=norm.name,
-            )
-
-        model.conv_norms = [synced(n) for n in model.conv_norms]
-        model.dense_norm = synced(model.dense_norm)
-    return model
+    """The small CNN (8-channel conv, 16 hidden units) with batch norm, optionally synchronized
+    (the model's sync_batch_norm setting, which picks the cross-replica statistics)."""
+    return models.CNN(
+        models.ModelConfig(
+            norm="batch", norm_impl=impl, widths=(8,), dense_units=16, sync_batch_norm=sync
+        )
+    )
 
 
 def _norm_state(model) -> dict:
