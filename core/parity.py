@@ -18,6 +18,7 @@ import tensorflow as tf
 from normlab.core import registry
 from normlab.core.tables import markdown_table, text_table
 
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One custom function paired with one built-in of the same signature."""
@@ -34,8 +35,13 @@ class Case:
 GROUPS = 4
 
 
-def cases_of(norm: registry.Norm, *, eps: float | None = None, groups: int = GROUPS,
-             backward: str | None = None) -> list[Case]:
+def cases_of(
+    norm: registry.Norm,
+    *,
+    eps: float | None = None,
+    groups: int = GROUPS,
+    backward: str | None = None,
+) -> list[Case]:
     """normlab's implementation against each built-in of `norm`, with the same settings."""
     settings = dict(eps=eps, groups=groups if norm.grouped else None, backward=backward)
     label = f"({groups})" if norm.grouped else ""

@@ -68,7 +68,9 @@ def check_fields(config: Any) -> None:
             raise ConfigError(f"{flag}={value} is not one of {allowed}.")
         if isinstance(value, tuple):
             if not value or any(not isinstance(v, int) or v < 1 for v in value):
-                raise ConfigError(f"{flag} must be positive integers, comma-separated, got {value}.")
+                raise ConfigError(
+                    f"{flag} must be positive integers, comma-separated, got {value}."
+                )
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue

@@ -126,6 +126,7 @@ def check_moments(h: Harness) -> dict:
     b = rng.normal(310.0, 50.0, (16, 6)).astype(np.float16)
     res = h.run(lambda x: core.cross_replica_moments(x, [0]), (a, b))
     whole = np.concatenate([a, b]).astype(np.float64)
+    out["moments/float16/mean_rel"] = _max_rel(res[0][0], whole.mean(axis=0))
     out["moments/float16/var_rel"] = _max_rel(res[0][1], whole.var(axis=0))
     out["moments/float16/stats_are_float32"] = float(res[0][1].dtype == np.float32)
     return out
@@ -362,7 +363,7 @@ def check_training_step(h: Harness) -> dict:
                 for v in pair
             )
         )
-    m = single.config.momentum
+    m = single.config.bn_momentum
     # Unsynchronized: the first norm's moving variance is the mean of the halves' updates,
     # not the update towards the global batch's variance.
     local = replicated[("custom", False)][0].conv_norms[0]

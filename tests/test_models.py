@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from normlab.core import registry
+from tests.numerics import assert_close
 from normlab.models import CNN, BatchNorm, ConfigError, ModelConfig
 
 COMBOS = [
@@ -63,10 +64,10 @@ def test_custom_and_builtin_models_agree_on_the_same_weights(norm):
             logits = model(x, training=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         grads.append((logits, tape.gradient(loss, model.trainable_variables)))
-    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
-    for ga, gb in zip(grads[0][1], grads[1][1]):
-        scale = max(float(tf.reduce_max(tf.abs(gb))), 1e-12)
-        assert float(tf.reduce_max(tf.abs(ga - gb))) / scale < 1e-3
+    # The float32 policy (64 ulp of the largest value; measured <= 2.4e-6, batch norm's dgamma).
+    assert_close(grads[0][0], grads[1][0].numpy(), tf.float32, "logits")
+    for ga, gb, v in zip(grads[0][1], grads[1][1], custom.trainable_variables):
+        assert_close(ga, gb.numpy(), tf.float32, v.name)
 
 
 def test_batch_norm_moving_statistics_change_only_in_training():

@@ -39,9 +39,7 @@ def define_config_flags(flag_values=flags.FLAGS) -> list[str]:
         elif isinstance(f.default, float):
             flags.DEFINE_float(f.name, f.default, help_text, flag_values=flag_values)
         elif isinstance(f.default, tuple):
-            flags.DEFINE_list(
-                f.name, format_value(f.default), help_text, flag_values=flag_values
-            )
+            flags.DEFINE_list(f.name, format_value(f.default), help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(f.name, f.default, help_text, flag_values=flag_values)
     return [f.name for f in dataclasses.fields(Config)]

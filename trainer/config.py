@@ -34,9 +34,7 @@ class Config(ModelConfig):
         "empty: the Debian package's directory, else TFDS.",
         resumable=True,
     )
-    validation_size: int = setting(
-        5000, "Training examples held out for validation.", minimum=0
-    )
+    validation_size: int = setting(5000, "Training examples held out for validation.", minimum=0)
     augment: bool = setting(False, "Random flips and shifts of up to 2 pixels in training.")
     # Optimization.
     batch_size: int = setting(128, "Training batch size.", minimum=1)
@@ -46,9 +44,7 @@ class Config(ModelConfig):
     lr_schedule: str = setting(
         "cosine", "constant, or cosine decay to 0 at the last step.", choices=SCHEDULES
     )
-    warmup_steps: int = setting(
-        0, "Linear warm-up steps from 0 to the learning rate.", minimum=0
-    )
+    warmup_steps: int = setting(0, "Linear warm-up steps from 0 to the learning rate.", minimum=0)
     precision: str = setting(
         "float32",
         "float32, or mixed precision: activations in bfloat16/float16, weights, norm "
@@ -69,9 +65,7 @@ class Config(ModelConfig):
         500, "Checkpoint every N steps (and at the end).", minimum=1, resumable=True
     )
     max_to_keep: int = setting(3, "Checkpoints kept.", minimum=1, resumable=True)
-    log_every: int = setting(
-        100, "Print a progress line every N steps.", minimum=1, resumable=True
-    )
+    log_every: int = setting(100, "Print a progress line every N steps.", minimum=1, resumable=True)
     summary_every: int = setting(
         50, "Write training summaries every N steps.", minimum=1, resumable=True
     )
@@ -228,4 +222,3 @@ def flags_markdown() -> str:
 
 if __name__ == "__main__":
     print(flags_markdown())
-

@@ -58,7 +58,9 @@ def check_model_dir(model_dir: str) -> None:
             "summaries and metrics."
         )
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise UsageError(f"--model_dir={model_dir} is a file, not a directory. Choose another path.")
+        raise UsageError(
+            f"--model_dir={model_dir} is a file, not a directory. Choose another path."
+        )
     if not is_run_dir(model_dir):
         children = runs_below(model_dir)
         if children:

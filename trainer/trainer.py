@@ -65,8 +65,10 @@ class Trainer:
         self.run_dir = RunDirectory(model_dir, writes=not read_only and self.is_chief, log=log)
         # The data before the run directory: a missing dataset or a batch larger than it fails
         # before anything is written.
-        self.splits = splits if splits is not None else data.load(
-            config.dataset, config.data_dir or None, config.validation_size
+        self.splits = (
+            splits
+            if splits is not None
+            else data.load(config.dataset, config.data_dir or None, config.validation_size)
         )
         self.steps_per_epoch = data.steps_per_epoch(len(self.splits.train_x), config.batch_size)
         self.total_steps = config.total_steps(self.steps_per_epoch)
@@ -91,9 +93,6 @@ class Trainer:
                 c, info.image_shape, info.num_classes, COMPUTE_DTYPES[c.precision]
             )
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.train_seconds = tf.Variable(
-                0.0, dtype=tf.float64, trainable=False, name="train_seconds"
-            )
             variables = [v for _, _, v in steps.layer_variables(self.model)]
             self.optimizer = optim.make_optimizer(c.optimizer, variables, c.momentum)
             loss_scale = optim.DynamicLossScale() if c.precision == "mixed_float16" else None
@@ -106,6 +105,11 @@ class Trainer:
                 strategy=self.strategy,
                 loss_scale=loss_scale,
             )
+        # Training wall time over every segment of the run, saved with the checkpoint. Not a
+        # mirrored variable: each worker counts its own time, and only the chief's is kept.
+        self.train_seconds = tf.Variable(
+            0.0, dtype=tf.float64, trainable=False, name="train_seconds"
+        )
         self.eval_step = steps.EvalStep(self.model)
         self.checkpoint = tf.train.Checkpoint(
             step=self.step,
