@@ -22,7 +22,7 @@ import functools
 from collections.abc import Callable
 
 from normlab import core
-from normlab.core import builtin, builtin_sync
+from normlab.core import builtin, builtin_sync, reference
 
 ACTIVATIONS = "activations"
 KERNEL = "kernel"
@@ -81,6 +81,8 @@ class Norm:
         params: its learned parameters, in the order the functions take them.
         custom: normlab's implementation (core/).
         builtins: TensorFlow's implementations; builtins[0] is the model's `builtin` impl.
+        reference: the independent NumPy float64 function of the same arguments
+            (core/reference.py), the yardstick of tests and report.
         eps: the default eps (inside the root), as in its Keras layer.
         moving_statistics: normalizes with batch statistics in training and moving averages
             of them in inference.
@@ -95,6 +97,7 @@ class Norm:
     params: tuple[Param, ...]
     custom: Implementation
     builtins: tuple[Implementation, ...]
+    reference: Callable
     eps: float = 1e-3
     moving_statistics: bool = False
     centers: bool = False
@@ -114,7 +117,7 @@ class Norm:
 
     def bind(
         self,
-        implementation: Implementation,
+        implementation: Implementation | Callable,
         *,
         eps: float | None = None,
         groups: int | None = None,
@@ -122,9 +125,10 @@ class Norm:
     ) -> Callable:
         """`implementation.apply` with its settings bound: a function of (x, *params).
 
-        eps defaults to the norm's own; groups is required for grouped norms; backward applies
-        to implementations with a closed form and is ignored by the others (built-ins, and
-        norms whose gradient is plain autodiff).
+        `implementation` may also be a plain function of the same arguments (the NumPy
+        `reference`). eps defaults to the norm's own; groups is required for grouped norms;
+        backward applies to implementations with a closed form and is ignored by the others
+        (built-ins, and norms whose gradient is plain autodiff).
         """
         kwargs = {}
         if self.target == ACTIVATIONS:
@@ -133,6 +137,8 @@ class Norm:
             if groups is None:
                 raise ValueError(f"{self.name} norm needs a group count")
             kwargs["groups"] = groups
+        if not isinstance(implementation, Implementation):
+            return functools.partial(implementation, **kwargs)
         if backward is not None and implementation.closed_form:
             kwargs["backward"] = backward
         return functools.partial(implementation.apply, **kwargs)
@@ -174,6 +180,7 @@ NORMS: dict[str, Norm] = {
                     inference=builtin.batch_norm_inference_nn,
                 ),
             ),
+            reference=reference.batch_norm,
             moving_statistics=True,
             centers=True,
         ),
@@ -188,6 +195,7 @@ NORMS: dict[str, Norm] = {
                 Implementation("keras LayerNormalization", builtin.layer_norm_keras),
                 Implementation("keras GroupNormalization(1)", builtin.layer_norm_keras_group),
             ),
+            reference=reference.layer_norm,
             centers=True,
         ),
         Norm(
@@ -198,6 +206,7 @@ NORMS: dict[str, Norm] = {
             params=(_GAMMA, _BETA),
             custom=Implementation("normlab", core.group_norm, closed_form=True),
             builtins=(Implementation("keras GroupNormalization", builtin.group_norm_keras),),
+            reference=reference.group_norm,
             centers=True,
             grouped=True,
         ),
@@ -209,6 +218,7 @@ NORMS: dict[str, Norm] = {
             params=(_GAMMA,),
             custom=Implementation("normlab", core.rms_norm),
             builtins=(Implementation("keras RMSNormalization", builtin.rms_norm_keras),),
+            reference=reference.rms_norm,
             eps=1e-6,
         ),
         Norm(
@@ -219,6 +229,7 @@ NORMS: dict[str, Norm] = {
             params=(Param("g", None),),
             custom=Implementation("normlab", core.weight_norm),
             builtins=(Implementation("tf.nn.l2_normalize * g", builtin.weight_norm_l2),),
+            reference=reference.weight_norm,
         ),
     )
 }

@@ -25,7 +25,7 @@ import tensorflow as tf
 from normlab import core
 from normlab import models
 from normlab.core import builtin_sync
-from tests import reference as ref
+from normlab.core import reference as ref
 
 SUM = tf.distribute.ReduceOp.SUM
 EPS = 1e-3

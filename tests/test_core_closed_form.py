@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from normlab import core
 from normlab.core import closed_form
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.numerics import ALL_DTYPES, assert_close, quantized, tolerance
 
 EPS = 1e-3

@@ -12,7 +12,7 @@ from normlab import core
 from normlab.core import builtin_sync
 from normlab.core import registry
 from normlab.models import BatchNorm, make_norm
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.numerics import ALL_DTYPES, assert_close, quantized
 
 EPS = 1e-3

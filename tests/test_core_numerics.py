@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from normlab import core
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.numerics import tolerance
 
 

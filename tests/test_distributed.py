@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.fixtures import free_ports
 from tests.numerics import tolerance
 

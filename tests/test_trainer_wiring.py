@@ -16,7 +16,7 @@ import tensorflow as tf
 from normlab.trainer import steps, summaries
 from normlab.trainer.config import Config
 from normlab.trainer.trainer import Trainer
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.fixtures import tiny_splits
 from tests.numerics import assert_close
 
