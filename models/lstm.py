@@ -21,6 +21,8 @@ FORGET_BIAS = 1.0
 LAYERS = ("input", "input_norm", "recurrent", "recurrent_norm", "gates", "cell_norm", "logits")
 # The activations `forward` taps, each at the last time step, before and after its norm.
 TAPPED = ("input", "recurrent", "cell")
+# What each time step of the cell computes, by the names `time_steps` and `cell` use.
+STEP_ACTIVATIONS = ("recurrent/pre", "recurrent/post", "cell/pre", "cell/post", "hidden")
 
 
 class LSTM(tf.Module):
@@ -184,32 +186,24 @@ class LSTM(tf.Module):
         rows = tf.reshape(tf.cast(x, dtype), [-1, self.features])
         projected = tf.reshape(self.input(rows), [-1, steps, 4 * units])
         normalized = self._normalize_sequence(projected, training)
-        trace = {name: [] for name in ("recurrent/pre", "recurrent/post", "cell/pre", "cell/post")}
-        trace["input/pre"] = tf.unstack(projected, axis=1)
-        trace["input/post"] = tf.unstack(normalized, axis=1)
-        trace["hidden"] = []
-        w_h = tf.cast(self.recurrent.effective_kernel(), dtype)
-        b = tf.cast(self.gates.bias, dtype)
-        h = c = tf.zeros([tf.shape(x)[0], units], dtype)
-        statistics = {"recurrent_norm": [], "cell_norm": []}
-        for t, x_t in enumerate(trace["input/post"]):
-            hw = tf.matmul(h, w_h)
-            hw_normalized = self._normalize_step("recurrent_norm", hw, t, training, statistics)
-            i, f, g, o = tf.split(hw_normalized + x_t + b, 4, axis=-1)
-            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            c_normalized = self._normalize_step("cell_norm", c, t, training, statistics)
-            h = tf.sigmoid(o) * tf.tanh(c_normalized)
-            for name, value in (
-                ("recurrent/pre", hw),
-                ("recurrent/post", hw_normalized),
-                ("cell/pre", c),
-                ("cell/post", c_normalized),
-                ("hidden", h),
-            ):
+        trace = {
+            "input/pre": tf.unstack(projected, axis=1),
+            "input/post": tf.unstack(normalized, axis=1),
+            **{name: [] for name in STEP_ACTIVATIONS},
+        }
+        w_h, b = self._recurrent_weights()
+        state = (tf.zeros([tf.shape(x)[0], units], dtype),) * 2
+        statistics = {}
+        for t, inputs in enumerate(trace["input/post"]):
+            state, activations, step_statistics = self._cell(inputs, state, t, training, w_h, b)
+            for name, value in activations.items():
                 trace[name].append(value)
+            for name, stats in step_statistics.items():
+                statistics.setdefault(name, []).append(stats)
         for name, stats in statistics.items():
-            if stats:  # training with per-step moving statistics: one update per sequence
-                getattr(self, name).update(*(tf.concat(s, axis=0) for s in zip(*stats)))
+            # Training with per-step moving statistics: one update per sequence.
+            getattr(self, name).update(*(tf.concat(s, axis=0) for s in zip(*stats)))
+        h = state[0]
         return tf.cast(self.logits(h), tf.float32), trace
 
     def _normalize_sequence(self, projected: tf.Tensor, training: bool) -> tf.Tensor:
@@ -223,18 +217,63 @@ class LSTM(tf.Module):
         flat = tf.reshape(projected, [-1, projected.shape[-1]])
         return tf.reshape(module(flat, training=training), tf.shape(projected))
 
-    def _normalize_step(
-        self, name: str, value: tf.Tensor, step: int, training: bool, statistics: dict
-    ) -> tf.Tensor:
-        module = getattr(self, name)
-        if module is None:
-            return value
-        if not self._per_step:
-            return module(value, training=training)
-        y, stats = module.normalize(value, step, training=training)
-        if stats is not None:
-            statistics[name].append(stats)
-        return y
+    def cell(
+        self, inputs: tf.Tensor, state: tuple[tf.Tensor, tf.Tensor], step: int, *, training: bool
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+        """One time step, for comparing implementations step by step on the same state.
+
+        Args:
+            inputs: N_x(W_x x_t) [N, 4U], the normalized input term of step `step`
+                (`time_steps(...)["input/post"][:, step]`).
+            state: (h_{t-1}, c_{t-1}), each [N, U] in the compute dtype.
+            step: t, which selects recurrent batch norm's statistics.
+            training: the norms' mode. Moving statistics are not updated here: that is done
+                once per sequence by `forward`.
+
+        Returns:
+            ((h_t, c_t), {"recurrent/pre", "recurrent/post", "cell/pre", "cell/post",
+            "hidden"}): the step's activations, as `time_steps` stacks them.
+        """
+        w_h, b = self._recurrent_weights()
+        state, activations, _ = self._cell(inputs, state, step, training, w_h, b)
+        return state, activations
+
+    def _recurrent_weights(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """W_h (weight-normed if so) and b in the compute dtype, once per sequence."""
+        dtype = self.compute_dtype
+        return tf.cast(self.recurrent.effective_kernel(), dtype), tf.cast(self.gates.bias, dtype)
+
+    def _cell(self, inputs, state, step, training, w_h, b):
+        """The LSTM step: the new state, its activations, and (training with per-step moving
+        statistics) each norm's batch statistics {module name: (mean, variance)}."""
+        h, c = state
+        statistics = {}
+
+        def normalize(name: str, value: tf.Tensor) -> tf.Tensor:
+            module = getattr(self, name)
+            if module is None:
+                return value
+            if not self._per_step:
+                return module(value, training=training)
+            y, stats = module.normalize(value, step, training=training)
+            if stats is not None:
+                statistics[name] = stats
+            return y
+
+        hw = tf.matmul(h, w_h)
+        hw_normalized = normalize("recurrent_norm", hw)
+        i, f, g, o = tf.split(hw_normalized + inputs + b, 4, axis=-1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        c_normalized = normalize("cell_norm", c)
+        h = tf.sigmoid(o) * tf.tanh(c_normalized)
+        activations = {
+            "recurrent/pre": hw,
+            "recurrent/post": hw_normalized,
+            "cell/pre": c,
+            "cell/post": c_normalized,
+            "hidden": h,
+        }
+        return (h, c), activations, statistics
 
 
 class GateBias(tf.Module):
