@@ -168,6 +168,23 @@ class ModelConfig:
                     )
         if self.wn_init == "data" and self.norm != "weight":
             raise ConfigError("--wn_init=data applies to --norm=weight only.")
+        if self.arch == "lstm":
+            for name in ("widths", "dense_units"):
+                if getattr(self, name) != getattr(ModelConfig, name):
+                    raise ConfigError(
+                        f"--{name} does not apply to --arch=lstm (its size is --lstm_units); "
+                        "drop it or use --arch=default."
+                    )
+            if self.wn_init == "data":
+                raise ConfigError(
+                    "--wn_init=data does not apply to --arch=lstm: the data-dependent init is "
+                    "defined layer by layer for feed-forward nets; use --wn_init=norm (g = ||v||)."
+                )
+        elif self.lstm_units != ModelConfig.lstm_units:
+            raise ConfigError(
+                f"--lstm_units applies to --arch=lstm only, got it with --arch={self.arch}; "
+                "drop it or use --arch=lstm."
+            )
 
     def resolved(self) -> "ModelConfig":
         """The config with the course architecture's fixed sizes filled in."""
