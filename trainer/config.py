@@ -122,6 +122,12 @@ class Config:
         "before the run stops with an error.",
         resumable=True,
     )
+    startup_timeout: float = _field(
+        600.0,
+        "multi_worker: seconds to wait at start for the other workers in TF_CONFIG to "
+        "answer before stopping with an error naming them (0: no limit).",
+        resumable=True,
+    )
 
     # -- derived values --------------------------------------------------------------------
 

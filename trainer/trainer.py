@@ -121,7 +121,11 @@ class Trainer:
             tf.distribute.get_strategy()
             if read_only
             else distribute.make_strategy(
-                config.strategy, config.virtual_cpus, config.collective_timeout
+                config.strategy,
+                config.virtual_cpus,
+                config.collective_timeout,
+                startup_timeout=config.startup_timeout,
+                log=log,
             )
         )
         self.is_chief = distribute.is_chief(self.strategy)
