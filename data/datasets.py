@@ -272,13 +272,13 @@ def _load_tfds(name, data_dir, failure, offline):
       (train_x, train_y, test_x, test_y).
     """
     try:
-        try:
-            return _read_tfds(name, data_dir, False, failure)
-        except AssertionError:
-            # TFDS's "could not find data in <data_dir>": not prepared there, so a download
-            # is needed.
-            pass
         with _tfds_warnings_hidden():
+            try:
+                return _read_tfds(name, data_dir, False, failure)
+            except AssertionError:
+                # TFDS's "could not find data in <data_dir>": not prepared there, so a
+                # download is needed.
+                pass
             builder = tfds.builder(name, data_dir=data_dir)
         root = os.fspath(builder.data_dir_root)
         url_infos = builder.url_infos or {}
@@ -305,14 +305,13 @@ def _load_tfds(name, data_dir, failure, offline):
         raise DatasetError(f"{failure}: {type(e).__name__}: {reason[:300]}") from e
 
 
-def _read_tfds(name, data_dir, download, failure):
+def _read_tfds(name, data_dir, allow_download, failure):
     """(train_x, train_y, test_x, test_y) from tfds.load; TFDS's exceptions propagate."""
     arrays = []
     for split in ("train", "test"):
-        with _tfds_warnings_hidden():
-            ds = tfds.load(
-                name, split=split, data_dir=data_dir, as_supervised=True, download=download
-            )
+        ds = tfds.load(
+            name, split=split, data_dir=data_dir, as_supervised=True, download=allow_download
+        )
         # Batched by hand, not with batch_size=-1: that reads the split size from
         # info.splits and, when it is unknown (e.g. under tfds.testing.mock_data), batches
         # by sys.maxsize, which aborts the process.
@@ -328,8 +327,8 @@ def _read_tfds(name, data_dir, download, failure):
 
 @contextlib.contextmanager
 def _tfds_warnings_hidden():
-    """Hides TFDS's absl warnings, e.g. "Variant folder ... has no dataset_info.json", which
-    only says that the data set is not prepared: the case the caller handles."""
+    """Hides TFDS's absl warnings while it looks for a prepared copy: "Variant folder ... has
+    no dataset_info.json" only says that there is none, the case the caller handles."""
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
