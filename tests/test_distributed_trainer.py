@@ -83,7 +83,8 @@ def test_two_replicas_equal_one_device_and_resume(tmp_path, idx_dir, one_device)
         mirrored, f"--data_dir={idx_dir}", "--strategy=mirrored", "--virtual_cpus=2", *FLAGS
     )
     assert rc == 0, err
-    assert "2 replicas (MirroredStrategy), 16 examples each" in out
+    assert "2 replicas (MirroredStrategy on CPU:0, CPU:1)" in out
+    assert "global batch 32: 16 examples per replica" in out
     # Synchronized BN over 2 x 16 examples is BN over the 32: the same training, up to
     # float32 rounding of the split sums (measured: ~1e-6 after 12 steps).
     assert max_diff(weights(one_device), weights(mirrored)) < 1e-5

@@ -108,6 +108,13 @@ class Config(ModelConfig):
         minimum=0.0,
         resumable=True,
     )
+    startup_timeout: float = setting(
+        600.0,
+        "multi_worker: seconds to wait at start for the other workers in TF_CONFIG to "
+        "answer before stopping with an error naming them (0: no limit).",
+        minimum=0.0,
+        resumable=True,
+    )
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """--train_steps, or --epochs worth of steps."""

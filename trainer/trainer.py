@@ -58,7 +58,11 @@ class Trainer:
             tf.distribute.get_strategy()
             if read_only
             else distribute.make_strategy(
-                config.strategy, config.virtual_cpus, config.collective_timeout
+                config.strategy,
+                config.virtual_cpus,
+                config.collective_timeout,
+                startup_timeout=config.startup_timeout,
+                log=log,
             )
         )
         self.is_chief = distribute.is_chief(self.strategy)
@@ -223,10 +227,8 @@ class Trainer:
                 tf.data.experimental.AutoShardPolicy.DATA
             )
             dataset = self.strategy.experimental_distribute_dataset(dataset.with_options(options))
-        self.log(
-            f"{replicas} replica{'s' * (replicas > 1)} ({type(self.strategy).__name__}), "
-            f"{c.batch_size // replicas} examples each"
-        )
+        if replicas > 1:
+            self.log(f"global batch {c.batch_size}: {c.batch_size // replicas} examples per replica")
         self.log(
             f"training {c.norm} norm ({c.norm_impl}) on {c.dataset}: steps {start} -> "
             f"{total}, {self.steps_per_epoch} steps per epoch, batch {c.batch_size}"
