@@ -11,13 +11,13 @@ of sum(y * dy) for a fixed random dy (rel = max|custom - builtin| / max|builtin|
 
 import sys
 
-from normlab.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-tf = import_tensorflow()
+# isort: split
+import tensorflow as tf
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from normlab.trainer import cli  # noqa: E402
+from normlab.trainer import cli
 
 flags.DEFINE_boolean("markdown", False, "Print a Markdown table instead of aligned text.")
 FLAGS = flags.FLAGS

@@ -11,12 +11,11 @@ Every flag: python report.py --helpfull. The design of the presets: report/exper
 
 import sys
 
-from normlab.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
-
-from normlab.report import cli  # noqa: E402
-from normlab.trainer import cli as trainer_cli  # noqa: E402
+# isort: split
+from normlab.report import cli
+from normlab.trainer import cli as trainer_cli
 
 if __name__ == "__main__":
     trainer_cli.parse_flags_or_exit(sys.argv, "report.py", __doc__, cli.FLAG_NAMES)

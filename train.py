@@ -12,14 +12,13 @@ An existing --model_dir is resumed with its saved flags (flags.txt); only the fl
 import os
 import sys
 
-from normlab.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
+# isort: split
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from normlab.trainer import cli  # noqa: E402
-from normlab.trainer.config import Config, flags_path  # noqa: E402
+from normlab.trainer import cli
+from normlab.trainer.config import Config, flags_path
 
 flags.DEFINE_string(
     "model_dir",
@@ -52,7 +51,8 @@ def main() -> int:
     config = cli.config_from_flags(base)
     # Before anything is created or written: a resume that would change the experiment, then
     # bad flags.
-    RunDirectory(FLAGS.model_dir, writes=False, log=lambda _: None).check_config(config)
+    run_dir = RunDirectory(FLAGS.model_dir, writes=False, log=lambda _: None)
+    run_dir.check_config(config.resolved())
     config.validate()
     trainer = Trainer(config, FLAGS.model_dir)
     try:

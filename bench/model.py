@@ -22,15 +22,15 @@ import sys
 import tempfile
 import time
 
-from normlab.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-tf = import_tensorflow()
-
-from normlab.core import registry  # noqa: E402
-from normlab.data.synthetic import tiny_splits  # noqa: E402
-from normlab.trainer import summaries  # noqa: E402
-from normlab.trainer.config import Config  # noqa: E402
-from normlab.trainer.trainer import Trainer  # noqa: E402
+# isort: split
+import tensorflow as tf
+from normlab.core import registry
+from normlab.data.synthetic import tiny_splits
+from normlab.trainer import summaries
+from normlab.trainer.config import Config
+from normlab.trainer.trainer import Trainer
 
 
 def _candidates() -> list[tuple[str, str, str]]:
@@ -99,7 +99,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="default", choices=["default", "course"])
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=11)

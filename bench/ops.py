@@ -26,13 +26,13 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from normlab.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-tf = import_tensorflow()
+# isort: split
+import tensorflow as tf
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from normlab.core import closed_form, registry  # noqa: E402
+from normlab.core import closed_form, registry
 
 # The CNN's activations: the default CNN's two conv blocks and dense layer at batch 128, the
 # course's starter network (5x5 conv, 30 filters; dense 100) at batch 64.

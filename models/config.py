@@ -191,3 +191,8 @@ class ModelConfig:
         if self.arch == "course":
             return dataclasses.replace(self, widths=(30,), dense_units=100)
         return self
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The size settings this architecture does not read (flags.txt keeps them as comments,
+        so a run directory never claims a setting the network ignored)."""
+        return ("widths", "dense_units") if self.arch == "lstm" else ("lstm_units",)

@@ -15,3 +15,4 @@ Modules, in the order the command uses them:
     machine.py      versions and hardware
 
 This file imports nothing: `normlab.quiet` must import TensorFlow first.
+"""

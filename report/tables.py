@@ -93,7 +93,7 @@ class NormRow:
     test_acc: Estimate | None
     test_loss: Estimate | None
     best_val_acc: Estimate | None
-    steps_to_threshold: Estimate | None
+    steps_to_threshold: Estimate | None  # unreached seeds at their last step (censored)
     reached: int
     ms_per_step: Estimate | None
     plateau: Estimate | None  # validation accuracy's range over the last fifth (converged)
@@ -148,6 +148,9 @@ def comparison(section: str, runs: list[Run], norms: tuple[str, ...]) -> Compari
             if threshold is not None:
                 reach.append(first_reach(val[0], val[1], threshold))
         reached = [float(s) for s in reach if s is not None]
+        # A seed that never reaches the threshold counts at its last step (a lower bound on
+        # the steps it would need), so a slow norm is not flattered by dropping its seeds.
+        censored = [float(s if s is not None else r.config.train_steps) for s, r in zip(reach, done)]
         accs = [r.metric("test_accuracy") for r in done]
         rows.append(
             NormRow(
@@ -158,12 +161,12 @@ def comparison(section: str, runs: list[Run], norms: tuple[str, ...]) -> Compari
                 test_acc=mean_ci(accs),
                 test_loss=mean_ci([r.metric("test_loss") for r in done]),
                 best_val_acc=mean_ci(best),
-                steps_to_threshold=mean_ci(reached),
+                steps_to_threshold=mean_ci(censored),
                 reached=len(reached),
                 ms_per_step=mean_ci([r.ms_per_step() for r in done]),
                 plateau=mean_ci(plateau),
                 test_accs=accs,
-                steps_list=reached,
+                steps_list=censored,
             )
         )
     return Comparison(section, rows, threshold, curves)

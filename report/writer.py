@@ -100,8 +100,7 @@ def summary(r, claims) -> str:
         )
     lines.append(
         f"- **Why:** batch norm's faster training is {verdict[2]} (claim 2) and its tolerance of "
-        f"higher learning rates {verdict[1]} (claim 1); section inside shows the normalized "
-        "layers' activations held near unit scale while the unnormalized network's drift."
+        f"higher learning rates {verdict[1]} (claim 1). {_inside_sentence(r)}"
     )
     lines.append(
         f"- **When layer norm beats batch norm:** at small batches: {verdict[4]} (claim 4); in "
@@ -110,6 +109,21 @@ def summary(r, claims) -> str:
         f"{verdict[6]} (claim 6)."
     )
     return "\n".join(lines)
+
+
+def _inside_sentence(r) -> str:
+    """The last hidden layer's activation std, first -> last summary, without a norm and after
+    each norm (table inside)."""
+    rows = [x for x in r.inside if x.layer == max(y.layer for y in r.inside)] if r.inside else []
+    if not rows:
+        return ""
+    parts = [
+        f"{x.norm} {x.post_std[0]:.2g} -> {x.post_std[1]:.2g}" for x in rows if x.post_std == x.post_std
+    ]
+    return (
+        f"Std of the {rows[0].layer} activations entering ReLU over training (first -> last "
+        f"summary): {', '.join(parts)} (table inside)."
+    )
 
 
 def comparison_section(ctx, r, comparison, title: str, figure: str, anchor: str = "") -> str:
@@ -137,7 +151,8 @@ def comparison_section(ctx, r, comparison, title: str, figure: str, anchor: str 
             f"Budget: {design.budget(r.preset, comparison.section)}.{anchor}",
             "",
             f"Steps to threshold: the first validation at or above {level}, the highest "
-            f"multiple of {100 * 0.005:.1f}% every norm's mean validation curve reaches. Time per "
+            f"multiple of {100 * 0.005:.1f}% every norm's mean validation curve reaches (a seed "
+            "that never reaches it counts at its last step). Time per "
             "step: the median over the run's logging windows. End-of-training range: the "
             "validation accuracy's max minus min over the last fifth of the validations (small: "
             "the curve is flat).",

@@ -88,7 +88,10 @@ def parse_flags_or_exit(
             flag_values(argv[:1])  # parse nothing, so defaults are readable
         except flags.Error:
             pass
-        print(usage(program, doc, names, flag_values))
+        try:
+            print(usage(program, doc, names, flag_values), flush=True)
+        except BrokenPipeError:  # `program --help | head`: the reader left, which is fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     try:
         return flag_values(argv)

@@ -140,8 +140,12 @@ class Config(ModelConfig):
     def to_flagfile(self) -> str:
         """The configuration in absl flagfile format: `--name=value` per line."""
         lines = ["# normlab run configuration (absl flagfile: train.py --flagfile=THIS)"]
+        unused = self.unused_fields()
         for f in dataclasses.fields(self):
-            lines.append(f"--{f.name}={format_value(getattr(self, f.name))}")
+            line = f"--{f.name}={format_value(getattr(self, f.name))}"
+            if f.name in unused:
+                line = f"# {line}  (not used by --arch={self.arch})"
+            lines.append(line)
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -228,4 +232,10 @@ def flags_markdown() -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m normlab.trainer.config",
+        description="Prints train.py's flags as the README's Markdown table.",
+    ).parse_args()
     print(flags_markdown())

@@ -52,6 +52,7 @@ class Trainer:
         read_only: bool = False,
     ):
         config.validate()
+        config = config.resolved()  # the course net's fixed sizes, as flags.txt records them
         self.config, self.model_dir, self.log, self.read_only = config, model_dir, log, read_only
         # First of all: logical CPU devices must be configured before TensorFlow runs an op.
         self.strategy = (
