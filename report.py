@@ -1,12 +1,13 @@
 """Runs the experiment suite and writes the report of findings (REPORT.md and its figures).
 
-    python report.py --root=runs/report --preset=quick              # a few minutes
-    python report.py --root=runs/report --preset=full --out=report  # the committed report
-    python report.py --root=runs/report --preset=full --report_only # rewrite it, no training
-    python report.py --preset=full --plan                           # the runs, no training
+Usage:
+    .venv/bin/python report.py --root=runs/report --preset=quick      # ~15 minutes
+    .venv/bin/python report.py --root=runs/report --preset=full --out=report  # the report
+    .venv/bin/python report.py --root=runs/report --preset=full --out=report --report_only
+    .venv/bin/python report.py --preset=full --plan                   # the runs, no training
 
 Runs already complete under --root are reused; an interrupted run resumes from its checkpoint.
-Every flag: python report.py --helpfull. The design of the presets: report/experiments.py.
+The design of the presets: report/design.py.
 """
 
 import sys

@@ -53,21 +53,32 @@ def _hashes(directory) -> dict:
     return out
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
-@pytest.mark.parametrize("flag", ["--help", "-h", "--helpfull", "--helpshort"])
-def test_every_program_prints_its_help(program, flag):
-    r = run(program, flag)
-    assert r.returncode == 0, r.stderr
-    assert "Usage:" in r.stdout and "Flags:" in r.stdout
-    assert r.stderr.strip() == "", r.stderr  # no TensorFlow start-up lines
+def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Runs the commands concurrently (each mostly waits for TensorFlow's import)."""
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in commands]
+    results = []
+    for command, p in zip(commands, procs):
+        out, err = p.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(command, p.returncode, out, err))
+    return results
 
 
-@pytest.mark.parametrize("module", MODULES)
-def test_every_module_entry_point_prints_its_help(module):
-    r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, check=False)
-    assert r.returncode == 0, r.stderr
-    assert "usage" in r.stdout.lower()
+def test_every_program_and_module_prints_its_help():
+    """Every help flag of every program, and --help of every `python -m` entry point: exit 0,
+    the usage and the flags, and no TensorFlow start-up lines."""
+    programs = [[p, "--help"] for p in PROGRAMS] + [
+        ["train.py", flag] for flag in ("-h", "--helpfull", "--helpshort")
+    ]
+    commands = [[sys.executable, os.path.join(ROOT, p), flag] for p, flag in programs]
+    commands += [[sys.executable, "-m", m, "--help"] for m in MODULES]
+    for command, r in zip(commands, _run_all(commands)):
+        assert r.returncode == 0, (command, r.stderr)
+        assert r.stderr.strip() == "", (command, r.stderr)
+        if "-m" in command:
+            assert "usage" in r.stdout.lower(), command
+        else:
+            assert "Usage:" in r.stdout and "Flags:" in r.stdout, command
 
 
 def test_a_bad_flag_names_a_help_command_that_works():
@@ -107,38 +118,46 @@ def test_finished_interrupted_resumed_and_shortened_runs(tmp_path, idx_dir):
     assert _hashes(model_dir) == before
 
 
-def test_a_directory_of_runs_is_not_a_run(tmp_path, idx_dir):
-    root = tmp_path / "runs"
-    for name in ("a", "b"):
-        r = run("train.py", f"--model_dir={root / name}", f"--data_dir={idx_dir}",
-                "--train_steps=4", f"--norm={'batch' if name == 'a' else 'layer'}", *FAST)
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory, idx_dir):
+    """A directory holding three short runs (batch, layer and RMS norm), trained concurrently."""
+    root = tmp_path_factory.mktemp("runs")
+    commands = [
+        [sys.executable, os.path.join(ROOT, "train.py"), f"--model_dir={root / norm}",
+         f"--data_dir={idx_dir}", "--train_steps=4", f"--norm={norm}", *FAST]
+        for norm in ("batch", "layer", "rms")
+    ]
+    for r in _run_all(commands):
         assert r.returncode == 0, r.stderr
-    before = _hashes(root)
-    r = run("train.py", f"--model_dir={root}", f"--data_dir={idx_dir}")
-    assert r.returncode == 2 and "holds other runs (a, b)" in r.stderr
-    assert _hashes(root) == before
-    # eval.py on the root: every run below it, plus one that is not there.
-    r = run("eval.py", f"--model_dirs={root},{root / 'nope'}")
+    return root
+
+
+def test_a_directory_of_runs_is_not_a_run(runs_root, idx_dir):
+    before = _hashes(runs_root)
+    r = run("train.py", f"--model_dir={runs_root}", f"--data_dir={idx_dir}")
+    assert r.returncode == 2 and "holds other runs (batch, layer, rms)" in r.stderr
+    assert _hashes(runs_root) == before
+
+
+def test_eval_reports_each_failure_once_and_evaluates_the_rest(runs_root):
+    r = run("eval.py", f"--model_dirs={runs_root},{runs_root / 'nope'}")
     assert r.returncode == 1, r.stderr
-    assert f"{root / 'a'}" in r.stdout and f"{root / 'b'}" in r.stdout
+    for norm in ("batch", "layer", "rms"):
+        assert f"{runs_root / norm}" in r.stdout
     assert r.stdout.count("nope") == 1 and "no such directory" in r.stdout
-    r = run("eval.py", f"--model_dirs={root / 'a'}", "--checkpoint=ckpt-999")
+    r = run("eval.py", f"--model_dirs={runs_root / 'batch'}", "--checkpoint=ckpt-999")
     assert r.returncode == 1 and (r.stdout + r.stderr).count("ckpt-999") == 1
 
 
-def test_eval_compares_any_number_of_runs_in_100_columns(tmp_path, idx_dir):
-    root = tmp_path / "runs"
-    for norm in ("batch", "layer", "rms"):
-        r = run("train.py", f"--model_dir={root / norm}", f"--data_dir={idx_dir}",
-                "--train_steps=4", f"--norm={norm}", *FAST)
-        assert r.returncode == 0, r.stderr
+def test_eval_compares_any_number_of_runs_in_100_columns(runs_root, tmp_path):
     out = tmp_path / "cmp.json"
-    r = run("eval.py", f"--model_dirs={root}", f"--json={out}")
+    r = run("eval.py", f"--model_dirs={runs_root}", f"--json={out}")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 100
+    assert max(len(line) for line in lines) <= 100, r.stdout
     assert all(line == line.rstrip() for line in lines)  # no trailing spaces
-    assert "Shared by every run:" in r.stdout and "norm" in lines[2]  # the differing column
+    header = next(line for line in lines if line.startswith("#  run"))
+    assert "norm" in header and "lr" not in header  # only the settings that differ
     matrix = json.load(open(out))["prediction_agreement"]
     assert len(matrix) == 3 and all(matrix[i][i] == 1.0 for i in range(3))
 

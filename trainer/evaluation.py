@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import os
+import textwrap
 
 import numpy as np
 
@@ -180,9 +181,9 @@ class Comparison:
                 + [r.checkpoint, r.step, _pct(r.test_accuracy), f"{r.test_loss:.4f}", r.parameters]
                 for i, r in enumerate(self.results, 1)
             ]
+            shared_text = ", ".join(f"{k} {v}" for k, v in shared.items())
             parts = [
-                "Test split, inference mode. Shared by every run: "
-                + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".",
+                *textwrap.wrap(f"Test split, inference mode. Shared by every run: {shared_text}.", 100),
                 "",
                 table(columns + ["checkpoint", "steps", "test acc", "test loss", "params"], rows),
                 "",
