@@ -210,8 +210,12 @@ def test_custom_and_builtin_logits_agree(norm):
         assert_close(builtin(x, training=training), custom(x, training=training), F32, "logits")
     grads = []
     for model in (custom, builtin):
-        variables = [v for name in ("input", "input_norm") if getattr(model, name) is not None
-                     for v in getattr(model, name).trainable_variables]
+        variables = [
+            v
+            for name in ("input", "input_norm")
+            if getattr(model, name) is not None
+            for v in getattr(model, name).trainable_variables
+        ]
         with tf.GradientTape() as tape:
             post = model.time_steps(x, training=True)["input/post"]
             loss = tf.reduce_sum(post * dy)
@@ -239,7 +243,7 @@ def _batch_norm(v, gain, bias):
 def _reference(x, params, normalize):
     """Ba et al. (appendix) / Cooijmans et al. (eq. 6-8), gates (i, f, g, o), h_0 = c_0 = 0:
 
-        z = N_h(W_h h) + N_x(W_x x_t) + b;  c = s(f) c + s(i) tanh(g);  h = s(o) tanh(N_c(c))
+    z = N_h(W_h h) + N_x(W_x x_t) + b;  c = s(f) c + s(i) tanh(g);  h = s(o) tanh(N_c(c))
     """
     n, steps = x.shape[:2]
     units = params["w_h"].shape[0]
@@ -274,7 +278,10 @@ def _params(model: LSTM) -> dict:
         "b": f64(model.gates.bias),
         "w_y": f64(model.logits.kernel),
         "b_y": f64(model.logits.bias),
-        **{name: norm(getattr(model, name)) for name in ("input_norm", "recurrent_norm", "cell_norm")},
+        **{
+            name: norm(getattr(model, name))
+            for name in ("input_norm", "recurrent_norm", "cell_norm")
+        },
     }
 
 
