@@ -61,7 +61,13 @@ def test_shapes_variables_and_taps(norm, impl):
         assert _names(layers["logits"]) == kernel | {"bias"}
     else:
         assert [n for n, _ in named] == [
-            "input", "input_norm", "recurrent", "recurrent_norm", "gates", "cell_norm", "logits"
+            "input",
+            "input_norm",
+            "recurrent",
+            "recurrent_norm",
+            "gates",
+            "cell_norm",
+            "logits",
         ]
         params = {p.name for p in entry.params}
         assert _names(layers["cell_norm"]) == params
@@ -117,7 +123,8 @@ def test_weight_norm_starts_as_the_plain_lstm():
     weight = LSTM(_config("weight", seed=2))
     np.testing.assert_array_equal(weight.recurrent.v.numpy(), plain.recurrent.kernel.numpy())
     np.testing.assert_allclose(
-        weight.recurrent.g.numpy(), np.linalg.norm(plain.recurrent.kernel.numpy(), axis=0),
+        weight.recurrent.g.numpy(),
+        np.linalg.norm(plain.recurrent.kernel.numpy(), axis=0),
         rtol=1e-6,
     )
     x = _x()
@@ -212,7 +219,7 @@ def test_train_py_end_to_end(tmp_path):
         f"--lstm_units={UNITS}",
         "--train_steps=4",
         "--batch_size=16",
-        "--validation_size=32",
+        "--validation_size=50",
         "--eval_every=4",
         "--checkpoint_every=4",
         "--log_every=2",
