@@ -76,16 +76,15 @@ def cross_replica_moments(
 
     No sum of squares of x itself is formed: x - m0 cancels a large common offset exactly, and
     c removes m0's rounding error (c^2 is second order), so the result is as accurate as
-    core.moments on the whole batch on one device: in float32 at an offset of 1e4 (std 1),
-    2.4e-6 relative, the summation's own rounding, where Keras' synchronized
-    E[x^2] - E[x]^2 is off by 2100% (tests/distributed_check.py).
+    core.moments on the whole batch on one device, even at a large offset where Keras'
+    synchronized E[x^2] - E[x]^2 loses the variance entirely (tests/distributed_check.py
+    measures both; BUILD_NOTES.md, "Numerics", has the numbers).
 
     Why not Chan, Golub & LeVeque's pairwise combination of per-replica (n_i, m_i, M2_i),
     M2 = sum_i [M2_i + n_i (m_i - mean)^2]: it is exact in exact arithmetic, but each m_i
     rounded to float32 is off by up to ulp(|mean|) / 2, and that error enters M2 at first
-    order through the replicas' mean differences: 1.8e-4 relative at an offset of 1e4 when
-    the replicas' means differ by half a standard deviation (tests/distributed_check.py
-    measures both). A shared first-pass mean m0 has no such term.
+    order through the replicas' mean differences (tests/distributed_check.py measures it). A
+    shared first-pass mean m0 has no such term.
 
     m0's gradient is stopped: mean and variance do not depend on it (d mean / d m0 =
     1 - 1 = 0, d variance / d m0 = -2c + 2c = 0), so this is exact and leaves the backward pass
