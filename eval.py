@@ -37,7 +37,13 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
+    import tensorflow as tf
+
     from normlab.trainer import evaluation
+
+    # Each run gets its own compiled evaluation step; TensorFlow's warning about frequent
+    # retracing is expected here, and noise.
+    tf.get_logger().setLevel("ERROR")
 
     if not FLAGS.model_dirs:
         raise cli.UsageError(

@@ -9,6 +9,7 @@ test_startup.py.)
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,8 +143,9 @@ def test_a_directory_of_runs_is_not_a_run(runs_root, idx_dir):
 def test_eval_reports_each_failure_once_and_evaluates_the_rest(runs_root):
     r = run("eval.py", f"--model_dirs={runs_root},{runs_root / 'nope'}")
     assert r.returncode == 1, r.stderr
-    for norm in ("batch", "layer", "rms"):
-        assert f"{runs_root / norm}" in r.stdout
+    assert f"Runs in {runs_root};" in r.stdout
+    for i, norm in enumerate(("batch", "layer", "rms"), 1):
+        assert re.search(rf"^{i} +{norm} ", r.stdout, re.M), r.stdout
     assert r.stdout.count("nope") == 1 and "no such directory" in r.stdout
     r = run("eval.py", f"--model_dirs={runs_root / 'batch'}", "--checkpoint=ckpt-999")
     assert r.returncode == 1 and (r.stdout + r.stderr).count("ckpt-999") == 1

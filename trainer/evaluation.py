@@ -161,6 +161,15 @@ class Comparison:
             out.append(row)
         return out
 
+    def short_names(self) -> tuple[str, list[str]]:
+        """(the runs' common directory, each run's path below it): long absolute paths would
+        push the table past 100 columns."""
+        dirs = [os.path.abspath(r.model_dir) for r in self.results]
+        base = os.path.commonpath(dirs) if len(dirs) > 1 else os.path.dirname(dirs[0])
+        if base in dirs:  # one run inside another's directory: keep the parent
+            base = os.path.dirname(base)
+        return base, [os.path.relpath(d, base) for d in dirs]
+
     def agreement(self) -> np.ndarray | None:
         """[i, j]: the share of test examples runs i and j predict alike (same test set)."""
         predictions = [r.predictions for r in self.results]
@@ -175,15 +184,17 @@ class Comparison:
             parts = ["No run evaluated."]
         else:
             shared, differing = self.settings()
+            base, names = self.short_names()
             columns = ["#", "run"] + [SHORT.get(n, n) for n in differing]
             rows = [
-                [i, r.model_dir] + [_setting(r.config, n) for n in differing]
+                [i, names[i - 1]] + [_setting(r.config, n) for n in differing]
                 + [r.checkpoint, r.step, _pct(r.test_accuracy), f"{r.test_loss:.4f}", r.parameters]
                 for i, r in enumerate(self.results, 1)
             ]
             shared_text = ", ".join(f"{k} {v}" for k, v in shared.items())
+            intro = f"Runs in {base}; test split, inference mode. Shared by every run: {shared_text}."
             parts = [
-                *textwrap.wrap(f"Test split, inference mode. Shared by every run: {shared_text}.", 100),
+                *textwrap.wrap(intro, 100),
                 "",
                 table(columns + ["checkpoint", "steps", "test acc", "test loss", "params"], rows),
                 "",

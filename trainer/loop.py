@@ -78,22 +78,31 @@ def train_loop(
     `train_seconds` (checkpointed) holds the run's training time so far; it is brought up to
     date before every save.
     """
+    state = {"done": start}
+    try:
+        return _steps(train_step, batches, start, total, config, writer, train_seconds, hooks,
+                      stop, state)
+    except _LOST_WORKER as e:
+        # A collective op (the step's all-reduce, a checkpoint's broadcast) failed because a
+        # worker is gone.
+        if not several_workers:
+            raise
+        raise RunError(
+            f"lost contact with another worker at step {state['done'] + 1} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}). The last complete checkpoint is kept; start every "
+            "worker again with the same command to resume."
+        ) from None
+
+
+def _steps(train_step, batches, start, total, config, writer, train_seconds, hooks, stop, state):
+    """The loop itself (train_loop's body); state["done"] is the last step completed."""
     window, last = _Window(), {}
     trained = float(train_seconds.numpy())
     for step in range(start, total):
         done = step + 1
         collect = collect_level(done, total, config)
-        try:
-            images, labels = next(batches)
-            metrics = train_step(images, labels, collect)
-        except _LOST_WORKER as e:
-            if not several_workers:
-                raise
-            raise RunError(
-                f"lost contact with another worker at step {done} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:160]}). The last complete checkpoint is kept; "
-                "start every worker again with the same command to resume."
-            ) from None
+        images, labels = next(batches)
+        metrics = train_step(images, labels, collect)
         if not steps_lib.is_finite(metrics):
             hooks.diagnose(done, images, metrics)
         trained += window.add(metrics)
@@ -124,6 +133,7 @@ def train_loop(
             train_seconds.assign(trained)
             saved = hooks.save(done)
         window.skip()  # validation and saving are not training time
+        state["done"] = done
         if stop.signum is not None:
             name = signal.Signals(stop.signum).name
             raise Interrupted(
