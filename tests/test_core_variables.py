@@ -1,9 +1,11 @@
-"""core's functions take variables as they come: keras.Variable, tf.Variable, mirrored ones.
+"""core's functions as Keras calls them: on its variables, and on a batch of unknown size.
 
-A variable must stay in the graph: its gradient must reach it, eagerly and inside tf.function
-(where Keras' model.fit runs). Each case is compared with the independent NumPy float64
-reference of tests/reference.py (tolerance from tests/numerics.py); arrays, lists and numbers
-must give the same result as tensors.
+A variable (keras.Variable, tf.Variable, mirrored ones) must stay in the graph: its gradient
+must reach it, eagerly and inside tf.function (where Keras' model.fit runs). model.fit traces
+its step with a batch size unknown at trace time whenever the data does not divide into whole
+batches. Each case is compared with the independent NumPy float64 reference of
+tests/reference.py (tolerance from tests/numerics.py); arrays, lists and numbers must give the
+same result as tensors.
 """
 
 import keras
@@ -12,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from normlab import core
+from normlab.core import closed_form
 from tests import reference as ref
 from tests.numerics import assert_close
 
@@ -249,3 +252,40 @@ def test_model_fit_trains_the_weights_of_a_layer_calling_core():
 def test_bad_tensor_likes_get_a_clear_type_error(bad, match):
     with pytest.raises(TypeError, match=match):
         core.layer_norm(bad, tf.ones([8]), tf.zeros([8]))
+
+
+@pytest.mark.parametrize("shape", [(40, 7, 7, 8), (30, 12)], ids=str)
+def test_a_batch_of_unknown_size_gives_the_reference(shape):
+    """Batch norm traced with shape [None, ...], as model.fit traces a step."""
+    rng = np.random.default_rng(10)
+    x = rng.normal(3.0, 2.0, shape).astype(np.float32)
+    gamma, beta = (rng.normal(1.0, 0.3, shape[-1]).astype(np.float32) for _ in range(2))
+    dy = rng.normal(size=shape).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape[1:]))])
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = core.batch_norm(x, gamma, beta, EPS)
+        return y, tape.gradient(y, x, output_gradients=dy)
+
+    y, dx = step(x)
+    x64, g64, b64, dy64 = _f64(x, gamma, beta, dy)
+    assert_close(y, ref.batch_norm(x64, g64, b64, EPS), F32, "y")
+    assert_close(dx, ref.batch_norm_grads(x64, g64, EPS, dy64)[0], F32, "dx")
+
+
+def test_a_batch_of_unknown_size_keeps_a_static_block_axis():
+    """The closed form splits a static factor off the unknown batch axis (784 = 16 * 49 for
+    28x28 images), so its sums stay blocked float32 sums instead of float64 sums of all of x."""
+    layouts = []
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 32])])
+    def trace(x):
+        layouts.append(closed_form._merged_layout(x, 1, 1, [0, 1, 2]))
+        return x
+
+    trace.get_concrete_function()
+    shape, roles = layouts[0]
+    assert tf.is_tensor(shape[0]) and shape[1:] == [16, 32]
+    assert [role[0] for role in roles] == [True, True, False]
