@@ -1,0 +1,241 @@
+"""normlab's Keras layers against Keras' own and the NumPy float64 reference, layer by layer.
+
+Each norm layer of real Keras models (tests/keras_fixtures.py: a Sequential CNN per norm and
+a functional channels-first model) is fed the activations it sees in the Keras model on a
+Fashion-MNIST batch. normlab's layer, given Keras' weights by set_weights, must match the
+NumPy float64 reference within tolerance(float32) = 64u = 3.8e-6 relative (tests/numerics.py)
+for y and every gradient, and Keras' layer within that tolerance plus Keras' own error against
+the same reference (Keras' batch norm sums 50k float32 values per channel in float32: measured
+2e-5 relative in training at the first convolution, where normlab's blocked sums give 1e-7).
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from normlab import models
+from tests import reference as ref
+from tests.keras_fixtures import NORMS, channels_first, cnn, fashion_mnist, max_rel
+from tests.keras_fixtures import randomize_weights
+from tests.numerics import tolerance
+
+F32 = tolerance(tf.float32)
+NORM_LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
+
+
+def _reference(layer, x, dy):
+    """(y, dx, d weights...) of sum(layer(x) * dy) in NumPy float64, from the layer's config
+    and weights: the formulas of tests/reference.py over the layer's axes."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    kind, rank = type(layer).__name__, x.ndim
+    weights = [np.asarray(w, np.float64) for w in layer.get_weights()]
+    if kind == "GroupNormalization":  # view the channels as [groups, C / groups]
+        c = layer.axis % rank
+        shape = x.shape[:c] + (layer.groups, x.shape[c] // layer.groups) + x.shape[c + 1 :]
+        param = [1] * c + list(shape[c : c + 2]) + [1] * (rank - c - 1)
+        reduced = tuple(a for a in range(1, rank + 1) if a != c)
+        view = x.reshape(shape)
+    else:
+        axes = [layer.axis] if isinstance(layer.axis, int) else layer.axis
+        axes = sorted(a % rank for a in axes)
+        if kind == "BatchNormalization":
+            reduced = tuple(a for a in range(rank) if a != axes[0])
+        else:
+            reduced = tuple(axes)
+        param = [x.shape[a] if a in axes else 1 for a in range(rank)]
+        view = x
+    dyv = dy.reshape(view.shape)
+    scale = weights[0].reshape(param)
+    summed = tuple(a for a in range(view.ndim) if param[a] == 1)
+    if kind == "RMSNormalization":
+        r = 1.0 / np.sqrt(np.mean(view**2, axis=reduced, keepdims=True) + layer.epsilon)
+        y = view * r * scale
+        dx = r * scale * dyv - view * r**3 * np.mean(
+            scale * dyv * view, axis=reduced, keepdims=True
+        )
+        return y, dx, np.sum(dyv * view * r, axis=summed).reshape(weights[0].shape)
+    if kind == "BatchNormalization" and not layer.training_mode:
+        mean, var = weights[2].reshape(param), weights[3].reshape(param)
+        xhat = (view - mean) / np.sqrt(var + layer.epsilon)
+        dx = dyv * scale / np.sqrt(var + layer.epsilon)
+    else:
+        xhat = ref._normalize(view, reduced, layer.epsilon)[0]
+        dx = ref._normalize_backward(view, reduced, layer.epsilon, dyv * scale)
+    y = xhat * scale + weights[1].reshape(param)
+    dgamma = np.sum(dyv * xhat, axis=summed).reshape(weights[0].shape)
+    dbeta = np.sum(dyv, axis=summed).reshape(weights[1].shape)
+    return y.reshape(x.shape), dx.reshape(x.shape), dgamma, dbeta
+
+
+def _call(layer, x, dy, training):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+    return [y, *tape.gradient(y, [x, *layer.trainable_weights], output_gradients=dy)]
+
+
+def _norm_layer_inputs(keras_model, ours_model, x):
+    """(Keras' norm layer, normlab's, the input Keras' layer sees) for every norm layer."""
+    probe = keras.Model(keras_model.inputs, [layer.input for layer in keras_model.layers])
+    inputs = probe([x])
+    pairs = zip(keras_model.layers, ours_model.layers, inputs)
+    return [(k, o, h) for k, o, h in pairs if type(k).__name__ in NORM_LAYERS]
+
+
+@pytest.fixture(scope="module")
+def built_models():
+    built = {norm: (cnn(keras.layers, norm), cnn(models, norm)) for norm in NORMS}
+    built["channels_first"] = (channels_first(keras.layers), channels_first(models))
+    return {
+        name: (keras_model, ours, _randomized(keras_model))
+        for name, (keras_model, ours) in built.items()
+    }
+
+
+def _randomized(model):
+    randomize_weights(model)
+    return model.get_weights()
+
+
+@pytest.fixture
+def models_under_test(built_models):
+    """Keras' model and normlab's, both with the same randomized weights (reset per test:
+    training-mode calls move the moving statistics)."""
+    for keras_model, ours, weights in built_models.values():
+        keras_model.set_weights(weights)
+        ours.set_weights(weights)
+    return {name: pair[:2] for name, pair in built_models.items()}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("name", [*NORMS, "channels_first"])
+def test_each_norm_layer_matches_keras_and_the_reference(models_under_test, name, training):
+    keras_model, ours = models_under_test[name]
+    x, _ = fashion_mnist(64)
+    for keras_layer, layer, h in _norm_layer_inputs(keras_model, ours, x):
+        dy = tf.random.stateless_normal(h.shape, seed=[len(h.shape), 3])
+        got, theirs = _call(layer, h, dy, training), _call(keras_layer, h, dy, training)
+        layer.training_mode = training  # read by _reference (BN's moving statistics)
+        want = _reference(layer, h, dy)
+        what = f"{name} {layer.name} {tuple(h.shape)}"
+        for i, (a, b, r) in enumerate(zip(got, theirs, want)):
+            err, keras_err = max_rel(a, r), max_rel(b, r)
+            assert err <= F32, f"{what} output {i}: {err:.2e} from the float64 reference"
+            assert max_rel(a, b) <= F32 + keras_err, f"{what} output {i} vs Keras"
+
+
+@pytest.mark.parametrize("name", [*NORMS, "channels_first"])
+def test_the_same_weights_in_the_same_order_as_keras(models_under_test, name):
+    keras_model, ours = models_under_test[name]
+    for keras_layer, layer in zip(keras_model.layers, ours.layers):
+        assert [(w.path.split("/")[-1], w.shape, w.trainable) for w in layer.weights] == [
+            (w.path.split("/")[-1], w.shape, w.trainable) for w in keras_layer.weights
+        ]
+    # The other direction: normlab's weights into a fresh Keras model.
+    fresh = channels_first(keras.layers) if name == "channels_first" else cnn(keras.layers, name)
+    fresh.set_weights(ours.get_weights())
+    for a, b in zip(fresh.get_weights(), ours.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def _batch_norm(**kwargs):
+    layer = models.BatchNormalization(**kwargs)
+    layer.build((None, 6, 6, 4))
+    return layer
+
+
+def test_moving_statistics_change_only_in_training_and_when_trainable():
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (16, 6, 6, 4)), tf.float32)
+    x64 = x.numpy().astype(np.float64)
+    layer = _batch_norm(momentum=0.9)
+    layer(x, training=False)
+    layer(x)  # no training argument: inference, as in Keras
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), 0.0)
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), 1.0)
+    layer(x, training=True)
+    np.testing.assert_allclose(layer.moving_mean, 0.1 * x64.mean((0, 1, 2)), rtol=F32)
+    want = 0.9 + 0.1 * x64.var((0, 1, 2))
+    np.testing.assert_allclose(layer.moving_variance, want, rtol=F32)
+    # Keras' rule: a non-trainable BatchNormalization runs in inference mode, no update.
+    layer.trainable = False
+    before = layer.get_weights()
+    y = layer(x, training=True)
+    for a, b in zip(layer.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    expected = (x64 - before[2]) / np.sqrt(before[3] + 1e-3)
+    assert max_rel(y, expected) <= F32
+
+
+def test_center_and_scale_false_create_no_weights():
+    layers = [
+        _batch_norm(center=False, scale=False),
+        models.LayerNormalization(center=False),
+        models.GroupNormalization(2, scale=False),
+    ]
+    for layer in layers[1:]:
+        layer.build((None, 6, 6, 4))
+    assert [w.path.split("/")[-1] for w in layers[0].weights] == ["moving_mean", "moving_variance"]
+    assert [w.path.split("/")[-1] for w in layers[1].weights] == ["gamma"]
+    assert [w.path.split("/")[-1] for w in layers[2].weights] == ["beta"]
+    x = tf.constant(np.random.default_rng(1).normal(1.0, 2.0, (8, 6, 6, 4)), tf.float32)
+    x64 = x.numpy().astype(np.float64)
+    expected = ref.group_norm(x64, np.ones(4), layers[2].beta.numpy(), 2, 1e-3)
+    assert max_rel(layers[2](x), expected) <= F32
+    expected = ref.batch_norm(x64, np.ones(4), np.zeros(4), 1e-3)
+    assert max_rel(layers[0](x, training=True), expected) <= F32
+
+
+def test_get_config_round_trips_and_matches_keras_arguments():
+    cases = [
+        (models.BatchNormalization, dict(axis=1, momentum=0.9, epsilon=1e-4, synchronized=True)),
+        (models.LayerNormalization, dict(axis=[1, 2], epsilon=1e-5, center=False)),
+        (models.GroupNormalization, dict(groups=-1, gamma_regularizer="l2")),
+        (models.RMSNormalization, dict(axis=[-2, -1], epsilon=1e-5)),
+    ]
+    for cls, kwargs in cases:
+        kwargs["name"] = "norm"
+        layer = cls(**kwargs)
+        clone = cls.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+        keras_config = getattr(keras.layers, cls.__name__)(**kwargs).get_config()
+        assert set(layer.get_config()) == set(keras_config), cls.__name__
+        # A configuration saved from Keras' layer builds normlab's.
+        assert cls.from_config(keras_config).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: models.BatchNormalization(renorm=True), "renorm"),
+        (lambda: models.BatchNormalization(momentum=1.0), "momentum must be in"),
+        (lambda: models.BatchNormalization(axis=[1, 2]), "axis must be an int"),
+        (lambda: models.LayerNormalization(epsilon=0.0), "epsilon must be a number > 0"),
+        (lambda: models.LayerNormalization(rms_scaling=True), "RMSNormalization"),
+        (lambda: models.GroupNormalization(groups=0), "groups must be a positive int"),
+        (lambda: models.WeightNormalization(keras.layers.LSTM(4)), "Dense or"),
+        (lambda: models.WeightNormalization(keras.layers.Dense(4, use_bias=False), True), "bias"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "layer,shape,match",
+    [
+        (models.GroupNormalization(groups=3), (None, 5, 5, 8), "must divide the 8 channels"),
+        (models.LayerNormalization(axis=3), (None, 5, 8), "out of range"),
+        (models.BatchNormalization(), (None, 5, None), "must be known"),
+    ],
+)
+def test_bad_input_shapes_are_refused_at_build(layer, shape, match):
+    with pytest.raises(ValueError, match=match):
+        layer.build(shape)
+
+
+def test_a_mask_is_refused_by_batch_norm():
+    layer = _batch_norm()
+    with pytest.raises(ValueError, match="does not take a mask"):
+        layer(tf.ones([2, 6, 6, 4]), training=True, mask=tf.ones([2, 6, 6], tf.bool))
