@@ -42,7 +42,7 @@ class WeightNormalization(keras.layers.Wrapper):
 
     def __init__(self, layer, data_init: bool = False, **kwargs):
         if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-            raise ValueError(
+            raise TypeError(
                 "WeightNormalization wraps a keras.layers.Dense or keras.layers.Conv2D, got "
                 f"{type(layer).__name__}."
             )

@@ -24,7 +24,7 @@ NORMS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fashion_mnist(count: int = 512, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`count` real Fashion-MNIST training images from `offset`, standardized, and labels."""
     splits = data.load("fashion_mnist", None, validation_size=0)

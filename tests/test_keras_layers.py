@@ -188,10 +188,13 @@ def test_center_and_scale_false_create_no_weights():
 
 def test_get_config_round_trips_and_matches_keras_arguments():
     cases = [
-        (models.BatchNormalization, dict(axis=1, momentum=0.9, epsilon=1e-4, synchronized=True)),
-        (models.LayerNormalization, dict(axis=[1, 2], epsilon=1e-5, center=False)),
-        (models.GroupNormalization, dict(groups=-1, gamma_regularizer="l2")),
-        (models.RMSNormalization, dict(axis=[-2, -1], epsilon=1e-5)),
+        (
+            models.BatchNormalization,
+            {"axis": 1, "momentum": 0.9, "epsilon": 1e-4, "synchronized": True},
+        ),
+        (models.LayerNormalization, {"axis": [1, 2], "epsilon": 1e-5, "center": False}),
+        (models.GroupNormalization, {"groups": -1, "gamma_regularizer": "l2"}),
+        (models.RMSNormalization, {"axis": [-2, -1], "epsilon": 1e-5}),
     ]
     for cls, kwargs in cases:
         kwargs["name"] = "norm"
@@ -239,3 +242,72 @@ def test_a_mask_is_refused_by_batch_norm():
     layer = _batch_norm()
     with pytest.raises(ValueError, match="does not take a mask"):
         layer(tf.ones([2, 6, 6, 4]), training=True, mask=tf.ones([2, 6, 6], tf.bool))
+
+
+# -- WeightNormalization -------------------------------------------------------------------------
+
+
+def _kernel_norms(v):
+    v = np.asarray(v, np.float64)
+    return np.sqrt(np.sum(v**2, axis=tuple(range(v.ndim - 1))))
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: keras.layers.Dense(6, activation="relu"), (16, 10)),
+        (lambda: keras.layers.Conv2D(6, 3, strides=2, padding="same"), (8, 9, 9, 3)),
+    ],
+    ids=["dense", "conv2d"],
+)
+def test_weight_norm_starts_as_the_wrapped_layer_and_keeps_norm_g(make, shape):
+    x = tf.constant(np.random.default_rng(2).normal(size=shape), tf.float32)
+    layer, plain = make(), make()
+    wrapped = models.WeightNormalization(layer)
+    y = wrapped(x)
+    plain.build(shape)
+    plain.set_weights(layer.get_weights())
+    assert wrapped.g.shape == (6,)  # one length per output unit
+    assert max_rel(wrapped.g, _kernel_norms(wrapped.v)) <= F32  # g = ||v||: w = v
+    assert max_rel(y, plain(x)) <= F32
+    # With another g, the layer computes with w = g v / ||v||: ||w[..., j]|| = g[j].
+    g = np.linspace(0.5, 2.0, 6).astype(np.float32)
+    wrapped.g.assign(g)
+    v = wrapped.v.numpy().astype(np.float64)
+    plain.kernel.assign((v / _kernel_norms(v) * g).astype(np.float32))
+    assert max_rel(wrapped(x), plain(x)) <= F32
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(wrapped(x) ** 2)
+    grads = tape.gradient(loss, wrapped.trainable_weights)
+    assert [w.path.split("/")[-1] for w in wrapped.trainable_weights] == ["g", "kernel", "bias"]
+    assert all(grad is not None and np.any(grad.numpy() != 0) for grad in grads)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv2d"])
+def test_weight_norm_data_dependent_init_on_the_first_training_batch(kind):
+    rng = np.random.default_rng(3)
+    if kind == "dense":
+        layer, x = keras.layers.Dense(5, activation="relu"), rng.normal(2.0, 3.0, (64, 12))
+    else:
+        layer, x = keras.layers.Conv2D(5, 3), rng.normal(2.0, 3.0, (16, 8, 8, 3))
+    x = tf.constant(x, tf.float32)
+    wrapped = models.WeightNormalization(layer, data_init=True)
+    wrapped(x)  # inference: no initialisation
+    assert not wrapped.initialized.numpy()
+    first = wrapped(x, training=True)
+    assert wrapped.initialized.numpy()
+    # Pre-activations x . (g v / ||v||) + b of that batch: mean 0 and variance 1 per unit.
+    v, g, b = (w.numpy().astype(np.float64) for w in (wrapped.v, wrapped.g, layer.bias))
+    w = tf.constant(v / _kernel_norms(v) * g)
+    x64 = tf.cast(x, tf.float64)
+    pre = (tf.matmul(x64, w) if kind == "dense" else tf.nn.conv2d(x64, w, 1, "VALID")) + b
+    pre = pre.numpy().reshape(-1, 5)
+    np.testing.assert_allclose(pre.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(pre.var(axis=0), 1.0, rtol=1e-4)  # eps = 1e-6 in the init
+    # The output of that first call already uses the initialised g and bias.
+    expected = np.maximum(pre, 0) if kind == "dense" else pre
+    assert max_rel(np.reshape(first, (-1, 5)), expected) <= F32
+    before = [w.numpy() for w in wrapped.weights]
+    wrapped(x[::-1] + 1.0, training=True)  # a second batch does not initialise again
+    for a, b in zip(wrapped.weights, before):
+        np.testing.assert_array_equal(a.numpy(), b)
