@@ -12,6 +12,9 @@ import keras
 import numpy as np
 
 from normlab import data
+from tests import reference as ref
+
+NORM_LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
 
 # norm -> (layer name, arguments after the convolutions, arguments after the dense layer)
 NORMS = {
@@ -91,3 +94,56 @@ def max_rel(actual, expected) -> float:
     expected = np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+def norm_layer_inputs(keras_model, ours_model, x):
+    """(Keras' norm layer, normlab's, the input Keras' layer sees) for every norm layer."""
+    probe = keras.Model(keras_model.inputs, [layer.input for layer in keras_model.layers])
+    inputs = probe([x])
+    pairs = zip(keras_model.layers, ours_model.layers, inputs)
+    return [(k, o, h) for k, o, h in pairs if type(k).__name__ in NORM_LAYERS]
+
+
+def reference(layer, x, dy, training=True):
+    """(y, dx, d weights...) of sum(layer(x) * dy) in NumPy float64, from the layer's config
+    and weights: the formulas of tests/reference.py over the layer's axes (batch norm with the
+    moving statistics unless training)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    kind, rank = type(layer).__name__, x.ndim
+    weights = [np.asarray(w, np.float64) for w in layer.get_weights()]
+    if kind == "GroupNormalization":  # view the channels as [groups, C / groups]
+        c = layer.axis % rank
+        shape = x.shape[:c] + (layer.groups, x.shape[c] // layer.groups) + x.shape[c + 1 :]
+        param = [1] * c + list(shape[c : c + 2]) + [1] * (rank - c - 1)
+        reduced = tuple(a for a in range(1, rank + 1) if a != c)
+        view = x.reshape(shape)
+    else:
+        axes = [layer.axis] if isinstance(layer.axis, int) else layer.axis
+        axes = sorted(a % rank for a in axes)
+        if kind == "BatchNormalization":
+            reduced = tuple(a for a in range(rank) if a != axes[0])
+        else:
+            reduced = tuple(axes)
+        param = [x.shape[a] if a in axes else 1 for a in range(rank)]
+        view = x
+    dyv = dy.reshape(view.shape)
+    scale = weights[0].reshape(param)
+    summed = tuple(a for a in range(view.ndim) if param[a] == 1)
+    if kind == "RMSNormalization":
+        r = 1.0 / np.sqrt(np.mean(view**2, axis=reduced, keepdims=True) + layer.epsilon)
+        y = view * r * scale
+        dx = r * scale * dyv - view * r**3 * np.mean(
+            scale * dyv * view, axis=reduced, keepdims=True
+        )
+        return y, dx, np.sum(dyv * view * r, axis=summed).reshape(weights[0].shape)
+    if kind == "BatchNormalization" and not training:
+        mean, var = weights[2].reshape(param), weights[3].reshape(param)
+        xhat = (view - mean) / np.sqrt(var + layer.epsilon)
+        dx = dyv * scale / np.sqrt(var + layer.epsilon)
+    else:
+        xhat = ref._normalize(view, reduced, layer.epsilon)[0]
+        dx = ref._normalize_backward(view, reduced, layer.epsilon, dyv * scale)
+    y = xhat * scale + weights[1].reshape(param)
+    dgamma = np.sum(dyv * xhat, axis=summed).reshape(weights[0].shape)
+    dbeta = np.sum(dyv, axis=summed).reshape(weights[1].shape)
+    return y.reshape(x.shape), dx.reshape(x.shape), dgamma, dbeta

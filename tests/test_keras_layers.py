@@ -17,55 +17,10 @@ import tensorflow as tf
 from normlab import models
 from tests import reference as ref
 from tests.keras_fixtures import NORMS, channels_first, cnn, fashion_mnist, max_rel
-from tests.keras_fixtures import randomize_weights
+from tests.keras_fixtures import norm_layer_inputs, randomize_weights, reference
 from tests.numerics import tolerance
 
 F32 = tolerance(tf.float32)
-NORM_LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
-
-
-def _reference(layer, x, dy):
-    """(y, dx, d weights...) of sum(layer(x) * dy) in NumPy float64, from the layer's config
-    and weights: the formulas of tests/reference.py over the layer's axes."""
-    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
-    kind, rank = type(layer).__name__, x.ndim
-    weights = [np.asarray(w, np.float64) for w in layer.get_weights()]
-    if kind == "GroupNormalization":  # view the channels as [groups, C / groups]
-        c = layer.axis % rank
-        shape = x.shape[:c] + (layer.groups, x.shape[c] // layer.groups) + x.shape[c + 1 :]
-        param = [1] * c + list(shape[c : c + 2]) + [1] * (rank - c - 1)
-        reduced = tuple(a for a in range(1, rank + 1) if a != c)
-        view = x.reshape(shape)
-    else:
-        axes = [layer.axis] if isinstance(layer.axis, int) else layer.axis
-        axes = sorted(a % rank for a in axes)
-        if kind == "BatchNormalization":
-            reduced = tuple(a for a in range(rank) if a != axes[0])
-        else:
-            reduced = tuple(axes)
-        param = [x.shape[a] if a in axes else 1 for a in range(rank)]
-        view = x
-    dyv = dy.reshape(view.shape)
-    scale = weights[0].reshape(param)
-    summed = tuple(a for a in range(view.ndim) if param[a] == 1)
-    if kind == "RMSNormalization":
-        r = 1.0 / np.sqrt(np.mean(view**2, axis=reduced, keepdims=True) + layer.epsilon)
-        y = view * r * scale
-        dx = r * scale * dyv - view * r**3 * np.mean(
-            scale * dyv * view, axis=reduced, keepdims=True
-        )
-        return y, dx, np.sum(dyv * view * r, axis=summed).reshape(weights[0].shape)
-    if kind == "BatchNormalization" and not layer.training_mode:
-        mean, var = weights[2].reshape(param), weights[3].reshape(param)
-        xhat = (view - mean) / np.sqrt(var + layer.epsilon)
-        dx = dyv * scale / np.sqrt(var + layer.epsilon)
-    else:
-        xhat = ref._normalize(view, reduced, layer.epsilon)[0]
-        dx = ref._normalize_backward(view, reduced, layer.epsilon, dyv * scale)
-    y = xhat * scale + weights[1].reshape(param)
-    dgamma = np.sum(dyv * xhat, axis=summed).reshape(weights[0].shape)
-    dbeta = np.sum(dyv, axis=summed).reshape(weights[1].shape)
-    return y.reshape(x.shape), dx.reshape(x.shape), dgamma, dbeta
 
 
 def _call(layer, x, dy, training):
@@ -73,14 +28,6 @@ def _call(layer, x, dy, training):
         tape.watch(x)
         y = layer(x, training=training)
     return [y, *tape.gradient(y, [x, *layer.trainable_weights], output_gradients=dy)]
-
-
-def _norm_layer_inputs(keras_model, ours_model, x):
-    """(Keras' norm layer, normlab's, the input Keras' layer sees) for every norm layer."""
-    probe = keras.Model(keras_model.inputs, [layer.input for layer in keras_model.layers])
-    inputs = probe([x])
-    pairs = zip(keras_model.layers, ours_model.layers, inputs)
-    return [(k, o, h) for k, o, h in pairs if type(k).__name__ in NORM_LAYERS]
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +57,13 @@ def models_under_test(built_models):
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("name", [*NORMS, "channels_first"])
-def test_each_norm_layer_matches_keras_and_the_reference(models_under_test, name, training):
+def test_each_norm_layer_matches_keras_and_thereference(models_under_test, name, training):
     keras_model, ours = models_under_test[name]
     x, _ = fashion_mnist(64)
-    for keras_layer, layer, h in _norm_layer_inputs(keras_model, ours, x):
+    for keras_layer, layer, h in norm_layer_inputs(keras_model, ours, x):
         dy = tf.random.stateless_normal(h.shape, seed=[len(h.shape), 3])
         got, theirs = _call(layer, h, dy, training), _call(keras_layer, h, dy, training)
-        layer.training_mode = training  # read by _reference (BN's moving statistics)
-        want = _reference(layer, h, dy)
+        want = reference(layer, h, dy, training)
         what = f"{name} {layer.name} {tuple(h.shape)}"
         for i, (a, b, r) in enumerate(zip(got, theirs, want)):
             err, keras_err = max_rel(a, r), max_rel(b, r)
@@ -318,9 +264,8 @@ def test_batch_norm_statistics_more_accurate_than_keras(models_under_test):
     tf.nn.moments sums them in float32; normlab's sums are blocked (BUILD_NOTES.md, Numerics).
     `pytest -s` prints both errors against the float64 reference."""
     keras_model, ours = models_under_test["batch"]
-    keras_layer, layer, h = _norm_layer_inputs(keras_model, ours, fashion_mnist(64)[0])[0]
-    layer.training_mode = True
-    want = _reference(layer, h, np.zeros(h.shape))[0]
+    keras_layer, layer, h = norm_layer_inputs(keras_model, ours, fashion_mnist(64)[0])[0]
+    want = reference(layer, h, np.zeros(h.shape))[0]
     err = max_rel(layer(h, training=True), want)
     keras_err = max_rel(keras_layer(h, training=True), want)
     print(f"\nbatch norm, {tuple(h.shape)}: normlab {err:.2e}, Keras {keras_err:.2e}")

@@ -21,9 +21,9 @@ import tensorflow as tf
 
 from normlab import models
 from tests.fixtures import ROOT
-from tests.keras_fixtures import NORMS, cnn, fashion_mnist, max_rel, randomize_weights
+from tests.keras_fixtures import NORM_LAYERS, NORMS, cnn, fashion_mnist, max_rel
+from tests.keras_fixtures import norm_layer_inputs, randomize_weights, reference
 from tests.numerics import assert_close, tolerance
-from tests.test_keras_layers import NORM_LAYERS, _norm_layer_inputs, _reference
 
 F32 = tolerance(tf.float32)
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -59,15 +59,17 @@ def _fit(model, x, y, optimizer=None, epochs=1):
     return model.fit(x, y, batch_size=64, epochs=epochs, shuffle=False, verbose=0)
 
 
-def _wn_model():
-    dense = keras.initializers.HeNormal(seed=4)
+def _wn_model(seed=4):
+    init = keras.initializers.HeNormal(seed=seed)
     return keras.Sequential(
         [
             keras.Input((28, 28, 1)),
-            models.WeightNormalization(keras.layers.Conv2D(8, 3, activation="relu"), True),
+            models.WeightNormalization(
+                keras.layers.Conv2D(8, 3, activation="relu", kernel_initializer=init), True
+            ),
             keras.layers.MaxPooling2D(4),
             keras.layers.Flatten(),
-            models.WeightNormalization(keras.layers.Dense(10, kernel_initializer=dense)),
+            models.WeightNormalization(keras.layers.Dense(10, kernel_initializer=init)),
         ]
     )
 
@@ -108,13 +110,12 @@ def test_mixed_precision(norm, policy):
     compute = tf.as_dtype(keras.DTypePolicy(policy).compute_dtype)
     keras_model = cnn(keras.layers, norm, dtype=policy)
     keras_model.set_weights(model.get_weights())
-    for keras_layer, layer, h in _norm_layer_inputs(keras_model, model, x[:32]):
+    for keras_layer, layer, h in norm_layer_inputs(keras_model, model, x[:32]):
         assert all(w.dtype == "float32" for w in layer.weights), layer.name
         assert h.dtype == compute
         out = layer(h, training=True)
         assert out.dtype == compute, layer.name
-        layer.training_mode = True
-        want = _reference(layer, np.asarray(tf.cast(h, tf.float64)), np.zeros(h.shape))[0]
+        want = reference(layer, np.asarray(tf.cast(h, tf.float64)), np.zeros(h.shape))[0]
         assert_close(out, want, compute, layer.name)
     optimizer = keras.optimizers.SGD(0.05)
     if policy == "mixed_float16":
