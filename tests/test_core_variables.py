@@ -289,3 +289,25 @@ def test_a_batch_of_unknown_size_keeps_a_static_block_axis():
     shape, roles = layouts[0]
     assert tf.is_tensor(shape[0]) and shape[1:] == [16, 32]
     assert [role[0] for role in roles] == [True, True, False]
+
+
+def test_every_variable_kind_takes_the_graph_path():
+    """np.asarray only for what is not tensor-like; a PerReplica value (DistributedValues)
+    outside a replica context cannot become one tensor: a clear TypeError, not np.asarray."""
+    from normlab.core import _checks
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        mirrored = tf.Variable([1.0])
+    per_replica = strategy.experimental_distribute_values_from_function(lambda _: tf.ones([2, 8]))
+    graph_path = [
+        tf.constant([1.0]),
+        tf.Variable([1.0]),  # a ResourceVariable
+        keras.Variable([1.0]),
+        mirrored,
+        per_replica,
+    ]
+    assert all(_checks._is_tensor_like(v) for v in graph_path)
+    assert not any(_checks._is_tensor_like(v) for v in (np.ones(1), [1.0], 1.0))
+    with pytest.raises(TypeError, match="x cannot be converted to a tensor"):
+        core.layer_norm(per_replica, tf.ones([8]), tf.zeros([8]))
