@@ -12,11 +12,40 @@ import tensorflow as tf
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
+def _is_tensor_like(value: Any) -> bool:
+    """Whether `value` converts to a tensor by itself: tf.Tensor, tf.Variable (resource and
+    distributed/mirrored ones included), keras.Variable, or any object with `__tf_tensor__`.
+
+    Such values must go through tf.convert_to_tensor, never np.asarray: np.asarray reads a
+    variable's current value as a constant, so in eager mode the gradient to it is silently
+    None and inside tf.function it fails (`numpy()` needs eager execution).
+    """
+    return (
+        tf.is_tensor(value)
+        or isinstance(value, (tf.Variable, tf.distribute.DistributedValues))
+        or hasattr(value, "__tf_tensor__")
+    )
+
+
+def _float_type_error(name: str, dtype_name: str) -> TypeError:
+    return TypeError(
+        f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+        f"got {dtype_name}. Cast it first, e.g. tf.cast({name}, tf.float32)."
+    )
+
+
 def as_float_tensor(value: Any, name: str, min_rank: int = 0) -> tf.Tensor:
     """Converts `value` to a floating-point tensor, or raises a clear error.
 
+    Tensor-like values (tf.Tensor, tf.Variable, keras.Variable, mirrored variables, anything
+    with `__tf_tensor__`) are converted with tf.convert_to_tensor, which stays in the graph:
+    gradients reach the variable, eagerly and inside tf.function. A keras.Variable read under
+    a mixed-precision autocast scope arrives in the scope's compute dtype, as Keras layers
+    read it. Only what is not tensor-like (NumPy arrays, nested lists, Python numbers) goes
+    through np.asarray.
+
     Args:
-        value: a tf.Tensor, tf.Variable, NumPy array or nested Python list.
+        value: a tensor-like value as above, NumPy array, nested Python list or number.
         name: the argument's name, used in error messages.
         min_rank: the smallest rank accepted.
 
@@ -24,26 +53,31 @@ def as_float_tensor(value: Any, name: str, min_rank: int = 0) -> tf.Tensor:
         A tensor of one of FLOAT_DTYPES (the input's own dtype is kept).
 
     Raises:
-        TypeError: the value is not floating point (integers, strings, bools).
+        TypeError: the value is not floating point (integers, strings, bools), or is a
+            sparse or ragged tensor.
         ValueError: the rank is unknown or below `min_rank`.
     """
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        dtype = value.dtype
+    if _is_tensor_like(value):
+        if isinstance(value, (tf.SparseTensor, tf.RaggedTensor)):
+            raise TypeError(
+                f"{name} must be a dense tensor, got a {type(value).__name__}. Convert it "
+                f"first, e.g. {name}.to_tensor() or tf.sparse.to_dense({name})."
+            )
+        try:
+            tensor = tf.convert_to_tensor(value)
+        except (TypeError, ValueError) as error:  # e.g. a KerasTensor, a PerReplica value
+            raise TypeError(f"{name} cannot be converted to a tensor: {error}") from None
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise _float_type_error(name, tensor.dtype.name)
     else:
         array = np.asarray(value)
-        if array.dtype.kind != "f":
-            raise TypeError(
-                f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
-                f"float64), got {array.dtype}. Cast it first, e.g. tf.cast({name}, tf.float32)."
-            )
-        dtype = tf.as_dtype(array.dtype)
-        value = array
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
-            f"got {dtype.name}. Cast it first, e.g. tf.cast({name}, tf.float32)."
-        )
-    tensor = tf.convert_to_tensor(value)
+        try:
+            dtype = tf.as_dtype(array.dtype)
+        except TypeError:  # object arrays, float128: nothing TensorFlow holds
+            dtype = None
+        if dtype not in FLOAT_DTYPES:
+            raise _float_type_error(name, str(array.dtype))
+        tensor = tf.convert_to_tensor(array)
     rank = tensor.shape.rank
     if rank is None:
         raise ValueError(

@@ -240,16 +240,33 @@ def _merged_layout(x: tf.Tensor, gamma_rank: int, beta_rank: int, axes: Sequence
     An axis' role is (normalized?, gamma varies along it?, beta varies along it?); gamma and beta
     span x's trailing gamma_rank / beta_rank axes. Returns the merged shape and, for each merged
     axis, its role.
+
+    A group whose size is unknown at trace time (it holds the batch axis when Keras' model.fit
+    traces with a batch of unknown size) is split as [size / b, b], b the largest divisor of at
+    most 16 of its known part (b >= 4; H * W for the batch axis of an image batch): the blocked
+    sums of stats.sum_accurately need a reduced axis of static size, and without one they would
+    sum all of x in float64, several times slower than the blocked float32 sums.
     """
     rank = x.shape.rank
-    groups = []  # [role, size]
+    groups = []  # [role, size (an int, or a scalar tensor if unknown), product of known sizes]
     for axis in range(rank):
         role = (axis in axes, axis >= rank - gamma_rank, axis >= rank - beta_rank)
+        known = x.shape[axis] if x.shape[axis] is not None else 1
         if groups and groups[-1][0] == role:
             groups[-1][1] = groups[-1][1] * _dim(x, axis)
+            groups[-1][2] *= known
         else:
-            groups.append([role, _dim(x, axis)])
-    return [size for _, size in groups], [role for role, _ in groups]
+            groups.append([role, _dim(x, axis), known])
+    shape, roles = [], []
+    for role, size, known in groups:
+        block = max(d for d in range(1, stats._MAX_BLOCK + 1) if known % d == 0)
+        if isinstance(size, int) or block < 4:
+            shape.append(size)
+            roles.append(role)
+        else:
+            shape += [size // block, block]
+            roles += [role, role]
+    return shape, roles
 
 
 # Below this many elements, XLA's per-call launch cost is as large as what fusion saves, and

@@ -1,7 +1,15 @@
-"""normlab's models: tf.Modules with explicit variables over the core functions."""
+"""normlab's models: tf.Modules with explicit variables over the core functions, and Keras 3
+layers over the same functions (models/keras_layers.py, models/keras_weight_norm.py)."""
 
 from normlab.models.cnn import CNN
 from normlab.models.config import ARCHS, WN_INITS, ConfigError, ModelConfig
+from normlab.models.keras_layers import (
+    BatchNormalization,
+    GroupNormalization,
+    LayerNormalization,
+    RMSNormalization,
+)
+from normlab.models.keras_weight_norm import WeightNormalization
 from normlab.models.layers import Conv2D, Dense
 from normlab.models.norms import BatchNorm, Normalization, make_norm
 
@@ -17,6 +25,11 @@ __all__ = [
     "BatchNorm",
     "Normalization",
     "make_norm",
+    "BatchNormalization",
+    "GroupNormalization",
+    "LayerNormalization",
+    "RMSNormalization",
+    "WeightNormalization",
 ]
 
 
