@@ -120,6 +120,14 @@ class BatchNorm(tf.Module):
         return y
 
 
+def global_statistics(synchronized: bool) -> bool:
+    """Whether batch statistics must be taken over several replicas: asked for, and the current
+    tf.distribute strategy (the one whose scope builds the model) has more than one. On one
+    replica the local batch is the global batch, so the plain functions apply (normlab's
+    closed-form backward; TensorFlow's fused kernel for the built-in)."""
+    return synchronized and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """The group count used for a layer of n channels: the largest divisor of n <= limit."""
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
@@ -146,13 +154,15 @@ def make_norm(
         groups: for grouped norms, the largest divisor of `channels` not above it is used.
         momentum: moving-average momentum of norms with moving statistics.
         backward: the gradient of normlab's closed-form norms (core/closed_form.py).
-        synchronized: under tf.distribute, statistics of the global batch (batch norm).
+        synchronized: under tf.distribute with several replicas, statistics of the global
+            batch (batch norm); ignored on one replica (global_statistics).
     """
     if norm.target != registry.ACTIVATIONS:
         raise ValueError(f"{norm.name} norm applies to kernels, not activations")
     implementation = norm.implementation(impl)
     eps = norm.eps if eps is None else eps
     if norm.moving_statistics:
+        synchronized = global_statistics(synchronized)
         train_fn = implementation.synchronized if synchronized else implementation.with_moments
         if implementation.closed_form:
             train_fn = functools.partial(train_fn, backward=backward)

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from normlab import core
 from normlab.core import registry
+from normlab.models.norms import global_statistics
 
 # Cooijmans et al. (section 4): gain 1 saturates the gates and the gradient through time
 # vanishes; 0.1 keeps it flowing.
@@ -212,6 +213,7 @@ def recurrent_batch_norm(
     if not norm.moving_statistics:
         raise ValueError(f"{norm.name} norm keeps no moving statistics: use models.make_norm")
     implementation = norm.implementation(impl)
+    synchronized = global_statistics(synchronized)
     train_fn = implementation.synchronized if synchronized else implementation.with_moments
     if implementation.closed_form:
         train_fn = functools.partial(train_fn, backward=backward)

@@ -81,12 +81,21 @@ class RunDirectory:
         writes: this process writes it (the chief of a training). Others create nothing in it,
             except a non-chief worker's scratch checkpoints (`scratch_checkpoint_dir`).
         log: where repair messages go.
+        must_exist: an evaluation: the directory must already be there.
     """
 
-    def __init__(self, path: str, *, writes: bool, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        path: str,
+        *,
+        writes: bool,
+        log: Callable[[str], None] = print,
+        must_exist: bool = False,
+    ):
         self.path = path
         self.writes = writes
         self.log = log
+        self.must_exist = must_exist
         self._locked = False
 
     @property
@@ -104,7 +113,7 @@ class RunDirectory:
         """Creates the directory and takes its lock (a writer), after check_model_dir."""
         check_model_dir(self.path)
         if not self.writes:
-            if not os.path.isdir(self.path):
+            if self.must_exist and not os.path.isdir(self.path):
                 raise UsageError(f"{self.path} is not a directory")
             return
         try:

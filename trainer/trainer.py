@@ -67,7 +67,9 @@ class Trainer:
             )
         )
         self.is_chief = distribute.is_chief(self.strategy)
-        self.run_dir = RunDirectory(model_dir, writes=not read_only and self.is_chief, log=log)
+        self.run_dir = RunDirectory(
+            model_dir, writes=not read_only and self.is_chief, log=log, must_exist=read_only
+        )
         # The data before the run directory: a missing dataset or a batch larger than it fails
         # before anything is written.
         self.splits = (
