@@ -35,20 +35,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
 import time
 
-from normlab.trainer.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-tf = import_tensorflow()
+# isort: split
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from normlab import data, models  # noqa: E402
+from normlab import data, machine, models
 
 # name -> (layer class name, arguments for the conv layers, arguments for the dense layer)
 NORMS = {
@@ -58,18 +57,6 @@ NORMS = {
     "group": ("GroupNormalization", {"groups": 8}, {"groups": 8}),
     "rms": ("RMSNormalization", {}, {}),
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(namespace, norm: str, seed: int = 0) -> keras.Model:
@@ -169,7 +156,7 @@ def run(args) -> dict:
         for norm in args.norms:
             ratios[norm].append(rates[f"{norm}/normlab"][-1] / rates[f"{norm}/keras"][-1])
     return {
-        "cpu": cpu_model(),
+        "cpu": machine.cpu_model(),
         "cpus": os.cpu_count(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -237,7 +224,7 @@ def run_layers(args) -> dict:
         for norm in args.norms
         for shape in LAYER_SHAPES
     ]
-    return {"cpu": cpu_model(), "known_batch": args.known_batch, "rows": rows}
+    return {"cpu": machine.cpu_model(), "known_batch": args.known_batch, "rows": rows}
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,8 @@ import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/qui
 
 # isort: split
 import tensorflow as tf
+
+from normlab import machine
 from normlab.core import registry
 from normlab.data.synthetic import tiny_splits
 from normlab.trainer import summaries
@@ -46,18 +48,6 @@ def _candidates(precisions) -> list[tuple[str, str, str, str]]:
                 out.append((precision, norm.name, "custom", "autodiff"))
             out.append((precision, norm.name, "builtin", "closed_form"))
     return out
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo): ratios differ between CPUs, so every result names it."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def run(args) -> dict:
@@ -116,12 +106,18 @@ def run(args) -> dict:
         "rows": rows,
         "custom_bn_vs_builtin_bn": median[f"{first}/batch/custom"]
         / median[f"{first}/batch/builtin"],
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "tensorflow": tf.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": machine.cpu_model(),
+            "tensorflow": tf.__version__,
+        },
     }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.model", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--arch", default="default", choices=["default", "course"])
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=11)

@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
 # isort: split
-import tensorflow as tf
 import numpy as np
+import tensorflow as tf
 
 from normlab.core import closed_form, registry
 

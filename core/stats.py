@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from normlab.core import _checks
 
-
 # Partial sums cover at most this many elements of one axis (see sum_accurately): short enough
 # for XLA to fuse the partial sums with the expression summed (bench/README.md compares block
 # sizes), and each partial sum's float32 rounding stays at most 16 units in the last place.

@@ -1,14 +1,9 @@
 """Input data: reading, splitting and tf.data pipelines."""
 
-from normlab.data.datasets import DEFAULT_FASHION_MNIST_DIR
-from normlab.data.datasets import DatasetInfo
-from normlab.data.datasets import load
-from normlab.data.datasets import Splits
+from normlab.data.datasets import DEFAULT_FASHION_MNIST_DIR, DatasetInfo, Splits, load
 from normlab.data.errors import DatasetError
 from normlab.data.idx import read_idx
-from normlab.data.pipeline import eval_dataset
-from normlab.data.pipeline import steps_per_epoch
-from normlab.data.pipeline import train_dataset
+from normlab.data.pipeline import eval_dataset, steps_per_epoch, train_dataset
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",

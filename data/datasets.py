@@ -10,8 +10,8 @@ import tensorflow_datasets as tfds
 
 from normlab.data import download
 from normlab.data.errors import DatasetError
-from normlab.data.idx import find_idx_file
-from normlab.data.idx import read_idx
+from normlab.data.idx import find_idx_file, read_idx
+from normlab.data.pipeline import eval_dataset, train_dataset
 
 # Where the Debian/Ubuntu package `dataset-fashion-mnist` installs the files.
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -78,6 +78,31 @@ class Splits:
     info: DatasetInfo
     pixel_mean: np.ndarray
     pixel_std: np.ndarray
+
+    def train_batches(
+        self, *, batch_size: int, seed: int, augment: bool = False, start_step: int = 0
+    ):
+        """pipeline.train_dataset over the training part, standardized with its statistics."""
+        return train_dataset(
+            self.train_x,
+            self.train_y,
+            batch_size=batch_size,
+            seed=seed,
+            start_step=start_step,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+            augment=augment,
+        )
+
+    def eval_batches(self, split: str, batch_size: int):
+        """(pipeline.eval_dataset over "val" or "test", its labels)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be val or test, got {split!r}")
+        x, y = (self.val_x, self.val_y) if split == "val" else (self.test_x, self.test_y)
+        dataset = eval_dataset(
+            x, y, batch_size=batch_size, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std
+        )
+        return dataset, y
 
 
 _REGISTRY = {

@@ -12,7 +12,6 @@ Modules, in the order the command uses them:
     claims.py       the claims table: each paper's claim, its evidence and verdict
     figures.py      the PNG figures (matplotlib, Agg)
     writer.py       REPORT.md
-    machine.py      versions and hardware
 
 This file imports nothing: `normlab.quiet` must import TensorFlow first.
 """

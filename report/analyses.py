@@ -73,18 +73,15 @@ def cached(root, name, key, compute, allow_compute, say) -> tuple[dict, bool]:
     return entry, True
 
 
+def first_batches(config: Config, splits, n: int = 1):
+    """The run's first n training batches (its seed's data order): real, standardized images."""
+    return splits.train_batches(
+        batch_size=config.batch_size, seed=config.seed, augment=config.augment
+    ).take(n)
+
+
 def first_batch(config: Config, splits) -> tuple[tf.Tensor, tf.Tensor]:
-    """The run's first training batch (its seed's data order): real, standardized images."""
-    dataset = data.train_dataset(
-        splits.train_x,
-        splits.train_y,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        pixel_mean=splits.pixel_mean,
-        pixel_std=splits.pixel_std,
-        augment=config.augment,
-    )
-    return dataset.take(1).get_single_element()
+    return first_batches(config, splits).get_single_element()
 
 
 def _restored(config: Config, run_dir: str, splits):
@@ -262,19 +259,6 @@ def twin_training(config: Config, splits, n_steps: int) -> dict:
     return out
 
 
-def first_batches(config: Config, splits, n: int):
-    """The run's first n training batches."""
-    return data.train_dataset(
-        splits.train_x,
-        splits.train_y,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        pixel_mean=splits.pixel_mean,
-        pixel_std=splits.pixel_std,
-        augment=config.augment,
-    ).take(n)
-
-
 # -- batch statistics at test time --------------------------------------------------------------
 
 
@@ -314,7 +298,11 @@ def batch_statistics_eval(config: Config, run_dir: str, splits) -> dict:
     finally:
         for v, value in zip(moving, saved):
             v.assign(value)
-    return {"examples": len(y), "inference_accuracy": inference, "batch_stats_accuracy": batch_stats}
+    return {
+        "examples": len(y),
+        "inference_accuracy": inference,
+        "batch_stats_accuracy": batch_stats,
+    }
 
 
 # -- cost, measured interleaved -----------------------------------------------------------------
@@ -332,7 +320,10 @@ def throughput(configs: dict[str, Config], splits, rounds: int, n_steps: int) ->
     runners, batch = {}, None
     for key, config in configs.items():
         batch = first_batch(config, splits)
-        runners[key] = (_step_for(build_model(config, info.image_shape, info.num_classes), config), batch)
+        runners[key] = (
+            _step_for(build_model(config, info.image_shape, info.num_classes), config),
+            batch,
+        )
         for _ in range(3):
             float(runners[key][0](*batch)[summaries.LOSS])
     order = np.random.default_rng(0)
@@ -354,8 +345,15 @@ def run_all(root, preset, specs, outcomes, splits, allow_compute: bool, say: Cal
     computed in this invocation}."""
     from normlab.report.suite import COMPLETE
 
-    out = {"parity": {}, "twins": {}, "bn_eval": {}, "throughput": {}, "parity_table": {},
-           "seconds": 0.0, "seconds_now": 0.0}
+    out = {
+        "parity": {},
+        "twins": {},
+        "bn_eval": {},
+        "throughput": {},
+        "parity_table": {},
+        "seconds": 0.0,
+        "seconds_now": 0.0,
+    }
 
     def run(kind, item, name, key, compute):
         entry, computed = cached(root, name, key, compute, allow_compute, say)
@@ -367,17 +365,42 @@ def run_all(root, preset, specs, outcomes, splits, allow_compute: bool, say: Cal
     first = preset.seeds[0]
     for spec in done:
         c = spec.config
-        if "cnn" in spec.sections and c.seed == first and c.norm_impl == "custom" and c.norm != "none":
-            run("parity", c.norm, f"parity-{c.norm}", {"config": identity(c)},
-                lambda c=c, s=spec: layer_parity(c, os.path.join(root, s.name), splits))
+        if (
+            "cnn" in spec.sections
+            and c.seed == first
+            and c.norm_impl == "custom"
+            and c.norm != "none"
+        ):
+            run(
+                "parity",
+                c.norm,
+                f"parity-{c.norm}",
+                {"config": identity(c)},
+                lambda c=c, s=spec: layer_parity(c, os.path.join(root, s.name), splits),
+            )
             if c.norm in preset.builtin_norms:
-                run("twins", c.norm, f"twins-{c.norm}", {"config": identity(c), "steps": preset.twin_steps},
-                    lambda c=c: twin_training(c, splits, preset.twin_steps))
+                run(
+                    "twins",
+                    c.norm,
+                    f"twins-{c.norm}",
+                    {"config": identity(c), "steps": preset.twin_steps},
+                    lambda c=c: twin_training(c, splits, preset.twin_steps),
+                )
         if c.norm == "batch" and {"batch", "lstm_batch"} & set(spec.sections):
-            run("bn_eval", spec.name, f"bn-eval-{spec.name}", {"config": identity(c)},
-                lambda c=c, s=spec: batch_statistics_eval(c, os.path.join(root, s.name), splits))
-    run("parity_table", "rows", "parity-table", {"tf": tf.__version__},
-        lambda: [dataclasses.asdict(r) for r in parity.table()])
+            run(
+                "bn_eval",
+                spec.name,
+                f"bn-eval-{spec.name}",
+                {"config": identity(c)},
+                lambda c=c, s=spec: batch_statistics_eval(c, os.path.join(root, s.name), splits),
+            )
+    run(
+        "parity_table",
+        "rows",
+        "parity-table",
+        {"tf": tf.__version__},
+        lambda: [dataclasses.asdict(r) for r in parity.table()],
+    )
     configs = {}
     for spec in specs:
         c = spec.config
@@ -385,8 +408,16 @@ def run_all(root, preset, specs, outcomes, splits, allow_compute: bool, say: Cal
         if sections and c.seed == first and c.batch_size == preset.reference_batch:
             configs[f"{c.arch}/{c.norm}/{c.norm_impl}"] = c
     if configs:
-        key = {"configs": {k: identity(c) for k, c in configs.items()},
-               "rounds": preset.cost_rounds, "steps": preset.cost_steps}
-        run("throughput", "all", "throughput", key,
-            lambda: throughput(configs, splits, preset.cost_rounds, preset.cost_steps))
+        key = {
+            "configs": {k: identity(c) for k, c in configs.items()},
+            "rounds": preset.cost_rounds,
+            "steps": preset.cost_steps,
+        }
+        run(
+            "throughput",
+            "all",
+            "throughput",
+            key,
+            lambda: throughput(configs, splits, preset.cost_rounds, preset.cost_steps),
+        )
     return out

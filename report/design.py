@@ -24,69 +24,6 @@ from normlab.trainer.config import Config
 SECTIONS = ("cnn", "converged", "impl", "batch", "lr", "lstm", "lstm_batch")
 
 
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One design of the suite. Lengths are in epochs of the training split, so the same
-    preset works on the full data set and on a test fixture.
-
-    Attributes:
-        name, description: for --preset and the report.
-        base: Config fields shared by every run (data, evaluation batch, bookkeeping).
-        cnn_model, lstm_model: the CNN's and the LSTM's size settings (defaults when empty).
-        seeds: the seeds of every cell of every section (impl and its twins use seeds[0]).
-        reference_batch, base_lr, bn_momentum: the CNN's batch size, learning rate and batch
-            norm momentum; the batch sweep scales the learning rate linearly with the batch
-            size and the momentum so the moving averages forget at the same rate per example.
-        cnn_norms, cnn_epochs: section cnn.
-        converged_epochs: section converged (with augmentation); 0 skips it.
-        builtin_norms: section impl.
-        batch_norms, batch_sizes, batch_epochs: section batch.
-        lr_norms, learning_rates, lr_epochs: section lr.
-        lstm_norms, lstm_builtin_norms, lstm_epochs, lstm_lr: section lstm (Adam).
-        lstm_batch_norms, lstm_batch_sizes, lstm_batch_epochs: section lstm_batch (Adam's
-            rate scaled by the square root of the batch ratio).
-        twin_steps: the lock-step twin trainings of section impl.
-        cost_rounds, cost_steps: the interleaved throughput benchmark.
-        eval_examples, log_examples, summary_examples, checkpoint_examples: bookkeeping
-            intervals in training examples, so every batch size validates equally often per
-            example seen.
-    """
-
-    name: str
-    description: str
-    base: dict
-    cnn_model: dict
-    lstm_model: dict
-    seeds: tuple[int, ...]
-    reference_batch: int
-    base_lr: float
-    bn_momentum: float
-    cnn_norms: tuple[str, ...]
-    cnn_epochs: float
-    converged_epochs: float
-    builtin_norms: tuple[str, ...]
-    batch_norms: tuple[str, ...]
-    batch_sizes: tuple[int, ...]
-    batch_epochs: float
-    lr_norms: tuple[str, ...]
-    learning_rates: tuple[float, ...]
-    lr_epochs: float
-    lstm_norms: tuple[str, ...]
-    lstm_builtin_norms: tuple[str, ...]
-    lstm_epochs: float
-    lstm_lr: float
-    lstm_batch_norms: tuple[str, ...]
-    lstm_batch_sizes: tuple[int, ...]
-    lstm_batch_epochs: float
-    twin_steps: int
-    cost_rounds: int
-    cost_steps: int
-    eval_examples: int
-    log_examples: int
-    summary_examples: int
-    checkpoint_examples: int
-
-
 # What every preset shares: SGD with momentum 0.9 and cosine decay to 0 for the CNN, no
 # warm-up (warm-up would hide exactly the instability the learning-rate sweep looks for).
 _COMMON = {
@@ -103,67 +40,70 @@ _COMMON = {
 ALL_NORMS = ("none", "batch", "layer", "group", "rms", "weight")
 LSTM_NORMS = ("none", "batch", "layer", "weight")
 
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One design of the suite; the defaults are the full report's. Lengths are in epochs of
+    the training split, so a preset works on the full data set and on a test fixture; the
+    bookkeeping intervals are in training examples, so every batch size validates (logs,
+    checkpoints) equally often per example seen."""
+
+    name: str
+    description: str
+    base: dict = dataclasses.field(
+        default_factory=lambda: dict(_COMMON, validation_size=5000, eval_batch_size=1000)
+    )
+    cnn_model: dict = dataclasses.field(default_factory=dict)  # sizes (defaults when empty)
+    lstm_model: dict = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)  # of every cell of every section (built-ins: seeds[0])
+    # The CNN's batch size, learning rate and batch-norm momentum. The batch sweep scales the
+    # rate linearly with the batch size and the momentum as momentum ** (B / reference), so the
+    # moving averages forget at the same rate per example.
+    reference_batch: int = 128
+    base_lr: float = 0.05
+    bn_momentum: float = 0.99
+    cnn_norms: tuple[str, ...] = ALL_NORMS
+    cnn_epochs: float = 5.0
+    converged_epochs: float = 10.0  # with augmentation; 0 skips the section
+    builtin_norms: tuple[str, ...] = ALL_NORMS[1:]
+    batch_norms: tuple[str, ...] = ("batch", "layer", "group")
+    batch_sizes: tuple[int, ...] = (2, 4, 16, 128)
+    batch_epochs: float = 1.0
+    lr_norms: tuple[str, ...] = ("none", "batch", "layer", "weight")
+    learning_rates: tuple[float, ...] = (0.015, 0.05, 0.15, 0.5, 1.5)
+    lr_epochs: float = 2.0
+    # The LSTM trains with Adam at a constant rate, scaled by sqrt(B / reference) in its sweep.
+    lstm_norms: tuple[str, ...] = LSTM_NORMS
+    lstm_builtin_norms: tuple[str, ...] = LSTM_NORMS[1:]
+    lstm_epochs: float = 5.0
+    lstm_lr: float = 1e-3
+    lstm_batch_norms: tuple[str, ...] = ("batch", "layer")
+    lstm_batch_sizes: tuple[int, ...] = (4, 16, 128)
+    lstm_batch_epochs: float = 1.0
+    twin_steps: int = 300  # section impl's lock-step twin trainings
+    cost_rounds: int = 7  # the interleaved throughput benchmark
+    cost_steps: int = 20
+    eval_examples: int = 25600  # every 200 steps at batch 128
+    log_examples: int = 6400
+    summary_examples: int = 6400
+    checkpoint_examples: int = 64000
+
+
+FULL = Preset("full", "the report's numbers: 3 seeds everywhere; about 3.5 h on 2 cores")
 PRESETS = {
-    "full": Preset(
-        name="full",
-        description="the report's numbers: 3 seeds everywhere; about 3.5 h on 2 cores",
-        base=dict(_COMMON, validation_size=5000, eval_batch_size=1000),
-        cnn_model={},
-        lstm_model={},
-        seeds=(0, 1, 2),
-        reference_batch=128,
-        base_lr=0.05,
-        bn_momentum=0.99,
-        cnn_norms=ALL_NORMS,
-        cnn_epochs=5.0,
-        converged_epochs=10.0,
-        builtin_norms=ALL_NORMS[1:],
-        batch_norms=("batch", "layer", "group"),
-        batch_sizes=(2, 4, 16, 128),
-        batch_epochs=1.0,
-        lr_norms=("none", "batch", "layer", "weight"),
-        learning_rates=(0.015, 0.05, 0.15, 0.5, 1.5),
-        lr_epochs=2.0,
-        lstm_norms=LSTM_NORMS,
-        lstm_builtin_norms=LSTM_NORMS[1:],
-        lstm_epochs=5.0,
-        lstm_lr=1e-3,
-        lstm_batch_norms=("batch", "layer"),
-        lstm_batch_sizes=(4, 16, 128),
-        lstm_batch_epochs=1.0,
-        twin_steps=300,
-        cost_rounds=7,
-        cost_steps=20,
-        eval_examples=25600,  # every 200 steps at batch 128
-        log_examples=6400,
-        summary_examples=6400,
-        checkpoint_examples=64000,
-    ),
-    "quick": Preset(
+    "full": FULL,
+    "quick": dataclasses.replace(
+        FULL,
         name="quick",
         description="a first look and a smoke test: 3 seeds, fractions of an epoch; ~15 min",
-        base=dict(_COMMON, validation_size=5000, eval_batch_size=1000),
-        cnn_model={},
-        lstm_model={},
-        seeds=(0, 1, 2),
-        reference_batch=128,
-        base_lr=0.05,
         bn_momentum=0.95,  # short runs: the moving averages must forget their initial values
-        cnn_norms=ALL_NORMS,
         cnn_epochs=0.25,
         converged_epochs=0.5,
-        builtin_norms=ALL_NORMS[1:],
-        batch_norms=("batch", "layer", "group"),
         batch_sizes=(4, 32, 128),
         batch_epochs=0.1,
-        lr_norms=("none", "batch", "layer", "weight"),
         learning_rates=(0.05, 0.5, 5.0),
         lr_epochs=0.1,
-        lstm_norms=LSTM_NORMS,
-        lstm_builtin_norms=LSTM_NORMS[1:],
         lstm_epochs=0.1,
-        lstm_lr=1e-3,
-        lstm_batch_norms=("batch", "layer"),
         lstm_batch_sizes=(16, 128),
         lstm_batch_epochs=0.05,
         twin_steps=30,
@@ -172,9 +112,11 @@ PRESETS = {
         eval_examples=2560,
         log_examples=1280,
         summary_examples=1280,
-        checkpoint_examples=64000,
     ),
-    "tiny": Preset(
+    # Equal epochs across sections, so the sweeps' reference cells are sections cnn's and lstm's
+    # runs: every section is exercised with few runs.
+    "tiny": dataclasses.replace(
+        FULL,
         name="tiny",
         description="for the tests only: seconds on a fixture; the numbers mean nothing",
         base=dict(_COMMON, validation_size=64, eval_batch_size=64),
@@ -182,10 +124,7 @@ PRESETS = {
         lstm_model=dict(lstm_units=8),
         seeds=(0, 1),
         reference_batch=16,
-        base_lr=0.05,
         bn_momentum=0.9,
-        # Epochs equal across sections, so the sweeps' reference cells are section cnn's and
-        # section lstm's runs: every section is exercised with few runs.
         cnn_norms=("none", "batch", "layer"),
         cnn_epochs=0.25,
         converged_epochs=0.25,
@@ -199,8 +138,6 @@ PRESETS = {
         lstm_norms=("batch", "layer"),
         lstm_builtin_norms=("layer",),
         lstm_epochs=0.25,
-        lstm_lr=1e-3,
-        lstm_batch_norms=("batch", "layer"),
         lstm_batch_sizes=(16,),  # section lstm's runs: the LSTM's tracing is the slow part
         lstm_batch_epochs=0.25,
         twin_steps=3,
@@ -208,7 +145,7 @@ PRESETS = {
         cost_steps=2,
         eval_examples=32,
         log_examples=32,
-        summary_examples=10**6,  # only the first and last steps' summaries: one trace fewer
+        summary_examples=10**6,  # the first and last steps' summaries only: one trace fewer
         checkpoint_examples=32,
     ),
 }
@@ -313,8 +250,14 @@ def plan(preset: Preset, data_dir: str, train_examples: int) -> list[RunSpec]:
             add("lstm", seed, arch="lstm", norm=norm, epochs=p.lstm_epochs)
         for norm in p.lstm_batch_norms:
             for b in p.lstm_batch_sizes:
-                add("lstm_batch", seed, arch="lstm", norm=norm, epochs=p.lstm_batch_epochs,
-                    batch_size=b)
+                add(
+                    "lstm_batch",
+                    seed,
+                    arch="lstm",
+                    norm=norm,
+                    epochs=p.lstm_batch_epochs,
+                    batch_size=b,
+                )
     first = p.seeds[0]
     for norm in p.builtin_norms:
         add("impl", first, norm=norm, epochs=p.cnn_epochs, impl="builtin")

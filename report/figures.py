@@ -69,8 +69,9 @@ def validation_curves(panels: list[tuple[str, object]], directory: str, name: st
         axes[0][col].set(title=f"{title}: validation accuracy", xlabel="step", ylabel="accuracy")
         if lows:
             axes[0][col].set_ylim(max(0.0, min(lows) - 0.08), None)
-        axes[1][col].set(title=f"{title}: validation loss", xlabel="step", ylabel="loss",
-                         yscale="log")
+        axes[1][col].set(
+            title=f"{title}: validation loss", xlabel="step", ylabel="loss", yscale="log"
+        )
         axes[0][col].legend(title="norm (seeds)", fontsize=8)
     return _save(fig, directory, name)
 
@@ -101,12 +102,24 @@ def sweeps(panels: list[tuple[str, list, str]], directory: str, name: str) -> st
             _errorbar(ax, xs, [c.test_acc for c in mine], COLORS.get(norm), norm)
             if any(c.batch_stats_acc for c in mine):
                 ests = [c.batch_stats_acc for c in mine]
-                ax.plot([x for x, e in zip(xs, ests) if e], [e.mean for e in ests if e], "--",
-                        color=COLORS.get(norm), label=f"{norm}, batch statistics at test")
+                ax.plot(
+                    [x for x, e in zip(xs, ests) if e],
+                    [e.mean for e in ests if e],
+                    "--",
+                    color=COLORS.get(norm),
+                    label=f"{norm}, batch statistics at test",
+                )
             crosses = [c.setting for c in mine if c.diverged]
             if crosses:
-                ax.plot(crosses, [0.03] * len(crosses), "x", color=COLORS.get(norm),
-                        markersize=10, clip_on=False, transform=ax.get_xaxis_transform())
+                ax.plot(
+                    crosses,
+                    [0.03] * len(crosses),
+                    "x",
+                    color=COLORS.get(norm),
+                    markersize=10,
+                    clip_on=False,
+                    transform=ax.get_xaxis_transform(),
+                )
         ax.set(title=title, xlabel=xlabel, ylabel="test accuracy", xscale="log")
         ax.legend(fontsize=8)
     return _save(fig, directory, name)
@@ -122,8 +135,12 @@ def twins(twin_results: dict, directory: str) -> str | None:
         for key, style in (("builtin", "-"), ("perturbed", ":")):
             values = np.maximum(twin["distance"][key][1:], 1e-12)
             ax.plot(steps, values, style, color=COLORS.get(norm), label=f"{norm} {key}")
-    ax.set(xlabel="step", ylabel="||theta - theta_custom|| / ||theta_custom||", yscale="log",
-           title="Trained in lock step: built-in (solid) and one-ulp control (dotted)")
+    ax.set(
+        xlabel="step",
+        ylabel="||theta - theta_custom|| / ||theta_custom||",
+        yscale="log",
+        title="Trained in lock step: built-in (solid) and one-ulp control (dotted)",
+    )
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, directory, "twins.png")
 
@@ -138,7 +155,11 @@ def inside(curves: dict, directory: str) -> str | None:
             parts = tag.split("/")
             if tag.startswith("activation/") and parts[2] in ("pre_std", "post_std"):
                 ax = axes[0] if parts[2] == "pre_std" else axes[1]
-            elif tag.startswith("grad_norm/") and parts[1] != "global" and not parts[1].endswith("_norm"):
+            elif (
+                tag.startswith("grad_norm/")
+                and parts[1] != "global"
+                and not parts[1].endswith("_norm")
+            ):
                 ax = axes[2]
             else:
                 continue

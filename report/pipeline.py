@@ -101,8 +101,14 @@ def build_results(root, preset, specs, outcomes, done, num_classes) -> Results:
     for run in runs:
         c = run.config
         if c.norm_impl == "builtin" and run.complete:
-            twin = next((r for r in runs if r.complete and r.config == dataclasses.replace(
-                c, norm_impl="custom")), None)
+            twin = next(
+                (
+                    r
+                    for r in runs
+                    if r.complete and r.config == dataclasses.replace(c, norm_impl="custom")
+                ),
+                None,
+            )
             impl[(c.arch, c.norm)] = (
                 mean_ci([twin.metric("test_accuracy")]) if twin else None,
                 mean_ci([run.metric("test_accuracy")]),
@@ -139,7 +145,8 @@ def generate(options: Options, log: Log | None = None) -> str:
     Returns the report's path. Raises UsageError for bad options, a root holding runs of other
     settings, or (report_only) anything missing.
     """
-    from normlab.report import analyses, claims, figures, machine, suite, writer
+    from normlab import machine
+    from normlab.report import analyses, claims, figures, suite, writer
 
     start = time.perf_counter()
     preset = design.PRESETS[options.preset]

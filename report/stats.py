@@ -30,7 +30,7 @@ class Estimate:
         return self.n >= 2 and (self.low > 0 or self.high < 0)
 
     def format(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-        """"91.23 [90.95, 91.51]%", or "91.23% (1 seed)" without an interval."""
+        """ "91.23 [90.95, 91.51]%", or "91.23% (1 seed)" without an interval."""
         mean = f"{self.mean * scale:.{digits}f}"
         if self.n < 2:
             return f"{mean}{unit} (1 seed)"

@@ -175,7 +175,9 @@ def run_all(root: str, specs: list[RunSpec], splits, say, trainer_log) -> list[O
             outcome = load_outcome(root, spec)
             say(f"{tag} reused   {spec.name}: {_summary(outcome)}")
         else:
-            eta = sum(estimator.seconds(s) for s in specs[index - 1 :] if states[s.name] not in done)
+            eta = sum(
+                estimator.seconds(s) for s in specs[index - 1 :] if states[s.name] not in done
+            )
             verb = "resuming" if states[spec.name] == PARTIAL else "training"
             say(
                 f"{tag} {verb} {spec.name} ({', '.join(spec.sections)}; "

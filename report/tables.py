@@ -118,7 +118,9 @@ def first_reach(steps: np.ndarray, values: np.ndarray, level: float) -> int | No
 
 def comparison(section: str, runs: list[Run], norms: tuple[str, ...]) -> Comparison:
     """Section `section`'s runs (custom impl) grouped by norm, in the order of `norms`."""
-    mine = [r for r in runs if section in r.outcome.spec.sections and r.config.norm_impl == "custom"]
+    mine = [
+        r for r in runs if section in r.outcome.spec.sections and r.config.norm_impl == "custom"
+    ]
     by_norm = {n: [r for r in mine if r.config.norm == n] for n in norms}
     curves, means = {}, {}
     for norm, group in by_norm.items():
@@ -126,7 +128,9 @@ def comparison(section: str, runs: list[Run], norms: tuple[str, ...]) -> Compari
         for r in group:
             val = r.val_curve() if r.complete else None
             if val is not None:
-                loss = r.scalars(tags.EVAL_DIR).get(tags.LOSS, (val[0], np.full(len(val[0]), np.nan)))
+                loss = r.scalars(tags.EVAL_DIR).get(
+                    tags.LOSS, (val[0], np.full(len(val[0]), np.nan))
+                )
                 seeds.append((val[0], val[1], loss[1]))
         curves[norm] = seeds
         if seeds:
@@ -150,7 +154,9 @@ def comparison(section: str, runs: list[Run], norms: tuple[str, ...]) -> Compari
         reached = [float(s) for s in reach if s is not None]
         # A seed that never reaches the threshold counts at its last step (a lower bound on
         # the steps it would need), so a slow norm is not flattered by dropping its seeds.
-        censored = [float(s if s is not None else r.config.train_steps) for s, r in zip(reach, done)]
+        censored = [
+            float(s if s is not None else r.config.train_steps) for s, r in zip(reach, done)
+        ]
         accs = [r.metric("test_accuracy") for r in done]
         rows.append(
             NormRow(
@@ -196,8 +202,12 @@ def sweep(section: str, runs: list[Run], setting: str, bn_eval: dict) -> list[Sw
         done = [r for r in group if r.complete]
         accs = [r.metric("test_accuracy") for r in done]
         cell = SweepCell(
-            norm, value, len(group), sum(r.outcome.status == DIVERGED for r in group),
-            mean_ci(accs), accs,
+            norm,
+            value,
+            len(group),
+            sum(r.outcome.status == DIVERGED for r in group),
+            mean_ci(accs),
+            accs,
         )
         extra = [bn_eval[r.outcome.spec.name] for r in done if r.outcome.spec.name in bn_eval]
         if extra:
@@ -234,14 +244,23 @@ def inside(runs: list[Run], seed: int, norms: tuple[str, ...]) -> tuple[list[Ins
     rows, curves = [], {}
     for norm in norms:
         run = next(
-            (r for r in runs if "cnn" in r.outcome.spec.sections and r.config.norm == norm
-             and r.config.seed == seed and r.config.norm_impl == "custom" and r.complete),
+            (
+                r
+                for r in runs
+                if "cnn" in r.outcome.spec.sections
+                and r.config.norm == norm
+                and r.config.seed == seed
+                and r.config.norm_impl == "custom"
+                and r.complete
+            ),
             None,
         )
         if run is None:
             continue
         train = run.scalars(tags.TRAIN_DIR)
-        curves[norm] = {t: v for t, v in train.items() if t.startswith(("activation/", "grad_norm/"))}
+        curves[norm] = {
+            t: v for t, v in train.items() if t.startswith(("activation/", "grad_norm/"))
+        }
 
         def ends(tag):
             values = train.get(tag, (None, [math.nan]))[1]
@@ -250,7 +269,8 @@ def inside(runs: list[Run], seed: int, norms: tuple[str, ...]) -> tuple[list[Ins
         for layer in sorted({t.split("/")[1] for t in curves[norm] if t.startswith("activation/")}):
             rows.append(
                 InsideRow(
-                    norm, layer,
+                    norm,
+                    layer,
                     ends(tags.activation(layer, "pre", "std")),
                     ends(tags.activation(layer, "post", "std")),
                     ends(tags.grad_norm(layer)),

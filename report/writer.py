@@ -83,15 +83,15 @@ def summary(r, claims) -> str:
         lines.append(
             f"- **Which normalization works best here:** {best.norm} norm, {_acc(best.test_acc)} "
             f"after the short budget"
-            + (f", ahead of {second.norm} norm by {lead.format(100, 2, ' points')}"
-               if lead else "")
+            + (f", ahead of {second.norm} norm by {lead.format(100, 2, ' points')}" if lead else "")
             + " (table cnn). Ranking: "
             + ", ".join(f"{row.norm} {100 * row.test_acc.mean:.2f}%" for row in ranked)
             + "."
         )
     if r.converged and r.converged.rows:
-        conv = sorted((row for row in r.converged.rows if row.test_acc),
-                      key=lambda row: -row.test_acc.mean)
+        conv = sorted(
+            (row for row in r.converged.rows if row.test_acc), key=lambda row: -row.test_acc.mean
+        )
         same = [row.norm for row in conv] == [row.norm for row in ranked]
         lines.append(
             "- **Trained to convergence** the order is "
@@ -118,7 +118,9 @@ def _inside_sentence(r) -> str:
     if not rows:
         return ""
     parts = [
-        f"{x.norm} {x.post_std[0]:.2g} -> {x.post_std[1]:.2g}" for x in rows if x.post_std == x.post_std
+        f"{x.norm} {x.post_std[0]:.2g} -> {x.post_std[1]:.2g}"
+        for x in rows
+        if x.post_std == x.post_std
     ]
     return (
         f"Std of the {rows[0].layer} activations entering ReLU over training (first -> last "
@@ -137,7 +139,8 @@ def comparison_section(ctx, r, comparison, title: str, figure: str, anchor: str 
             row.test_loss.format(1, 4) if row.test_loss else "n/a",
             _acc(row.best_val_acc),
             (row.steps_to_threshold.format(1, 0) + f" ({row.reached}/{row.runs - row.diverged})")
-            if row.steps_to_threshold else "not reached",
+            if row.steps_to_threshold
+            else "not reached",
             row.ms_per_step.format(1, 1, " ms") if row.ms_per_step else "n/a",
             row.plateau.format(100, 2, " pts") if row.plateau else "n/a",
         ]
@@ -158,8 +161,16 @@ def comparison_section(ctx, r, comparison, title: str, figure: str, anchor: str 
             "the curve is flat).",
             "",
             markdown_table(
-                ["norm", "seeds done", "test accuracy", "test loss", "best validation accuracy",
-                 f"steps to {level}", "time per step", "end-of-training range"],
+                [
+                    "norm",
+                    "seeds done",
+                    "test accuracy",
+                    "test loss",
+                    "best validation accuracy",
+                    f"steps to {level}",
+                    "time per step",
+                    "end-of-training range",
+                ],
                 rows,
             ),
             _figure(ctx, figure, f"{title}: validation accuracy and loss, mean and 95% interval"),
@@ -192,8 +203,13 @@ def impl_section(ctx, r) -> str:
         for norm, res in r.parity_layers.items()
     ]
     side = [
-        [arch, norm, _acc(e_c), _acc(e_b),
-         f"{100 * (e_b.mean - e_c.mean):+.2f}" if e_c and e_b else "n/a"]
+        [
+            arch,
+            norm,
+            _acc(e_c),
+            _acc(e_b),
+            f"{100 * (e_b.mean - e_c.mean):+.2f}" if e_c and e_b else "n/a",
+        ]
         for (arch, norm), (e_c, e_b) in r.impl.items()
     ]
     return "\n".join(
@@ -209,22 +225,45 @@ def impl_section(ctx, r) -> str:
             "(`core.parity.compare`), and each side's max abs error against the NumPy float64 "
             "reference (`core/reference.py`).",
             "",
-            markdown_table(["norm", "layer", "built-in", "input", "fwd rel", "grad rel",
-                            "error vs float64 (custom / built-in)"], parity_rows)
-            if parity_rows else "No parity results.",
+            markdown_table(
+                [
+                    "norm",
+                    "layer",
+                    "built-in",
+                    "input",
+                    "fwd rel",
+                    "grad rel",
+                    "error vs float64 (custom / built-in)",
+                ],
+                parity_rows,
+            )
+            if parity_rows
+            else "No parity results.",
             "",
             "The whole network: custom vs a built-in model holding the same weights; gradients "
             "of the mean cross-entropy per variable; the control is custom with every weight "
             "one float32 ulp up (how much a rounding-sized change moves that gradient).",
             "",
-            markdown_table(["norm", "logits abs (training)", "logits abs (inference)",
-                            "grad rel (worst variable)", "one-ulp control, same variable"],
-                           model_rows) if model_rows else "",
+            markdown_table(
+                [
+                    "norm",
+                    "logits abs (training)",
+                    "logits abs (inference)",
+                    "grad rel (worst variable)",
+                    "one-ulp control, same variable",
+                ],
+                model_rows,
+            )
+            if model_rows
+            else "",
             "",
             "**Trained side by side** (same seed, test accuracy):",
             "",
-            markdown_table(["network", "norm", "custom", "built-in", "built-in minus custom "
-                            "(points)"], side) if side else "No built-in runs.",
+            markdown_table(
+                ["network", "norm", "custom", "built-in", "built-in minus custom (points)"], side
+            )
+            if side
+            else "No built-in runs.",
             _figure(ctx, "twins", "Twins trained in lock step: distance to the custom model"),
         ]
     )
@@ -250,8 +289,10 @@ def sweep_section(ctx, r, cells, section: str, title: str, setting: str, figure:
             row.append(text)
         if has_bn:
             bn = next((c for c in cells if c.norm == "batch" and c.setting == v), None)
-            row += [_acc(bn.batch_stats_acc) if bn else "-",
-                    bn.gap.format(100, 2, " pts") if bn and bn.gap else "-"]
+            row += [
+                _acc(bn.batch_stats_acc) if bn else "-",
+                bn.gap.format(100, 2, " pts") if bn and bn.gap else "-",
+            ]
         rows.append(row)
     return "\n".join(
         [
@@ -272,7 +313,9 @@ def inside_section(ctx, r) -> str:
     def pair(p) -> str:
         return "-" if any(x != x for x in p) else f"{p[0]:.3g} -> {p[1]:.3g}"
 
-    rows = [[x.norm, x.layer, pair(x.pre_std), pair(x.post_std), pair(x.grad_norm)] for x in r.inside]
+    rows = [
+        [x.norm, x.layer, pair(x.pre_std), pair(x.post_std), pair(x.grad_norm)] for x in r.inside
+    ]
     return "\n".join(
         [
             "## Inside the network",
@@ -281,17 +324,27 @@ def inside_section(ctx, r) -> str:
             "whole tensor before its norm (pre) and after (post), and its gradient's L2 norm, "
             "at the first and the last summary.",
             "",
-            markdown_table(["norm", "layer", "std before norm", "std after norm", "gradient norm"],
-                           rows) if rows else "No runs.",
+            markdown_table(
+                ["norm", "layer", "std before norm", "std after norm", "gradient norm"], rows
+            )
+            if rows
+            else "No runs.",
             _figure(ctx, "inside", "Activation std and gradient norm per layer over training"),
         ]
     )
 
 
 def cost_section(ctx, r) -> str:
-    rows = [[key, e.format(1, 2, " ms"), f"{e.mean / r.cost_ms[key.rsplit('/', 2)[0] + '/none/custom'].mean:.2f}"
-             if key.rsplit("/", 2)[0] + "/none/custom" in r.cost_ms else "n/a"]
-            for key, e in sorted(r.cost_ms.items())]
+    rows = [
+        [
+            key,
+            e.format(1, 2, " ms"),
+            f"{e.mean / r.cost_ms[key.rsplit('/', 2)[0] + '/none/custom'].mean:.2f}"
+            if key.rsplit("/", 2)[0] + "/none/custom" in r.cost_ms
+            else "n/a",
+        ]
+        for key, e in sorted(r.cost_ms.items())
+    ]
     return "\n".join(
         [
             "## Cost",
@@ -302,7 +355,8 @@ def cost_section(ctx, r) -> str:
             "machine's load falls on all alike; mean over rounds with its 95% interval.",
             "",
             markdown_table(["network/norm/impl", "ms per step", "vs no norm"], rows)
-            if rows else "Not measured.",
+            if rows
+            else "Not measured.",
             _figure(ctx, "cost", "Cost per training step"),
         ]
     )
@@ -310,10 +364,14 @@ def cost_section(ctx, r) -> str:
 
 def appendix(ctx) -> str:
     rows = [
-        [f"`{o.spec.name}`", ", ".join(o.spec.sections),
-         f"diverged @ {o.diverged_at_step}" if o.status == DIVERGED
-         else f"{100 * o.metrics.get('test_accuracy', float('nan')):.2f}%",
-         duration(o.wall_seconds)]
+        [
+            f"`{o.spec.name}`",
+            ", ".join(o.spec.sections),
+            f"diverged @ {o.diverged_at_step}"
+            if o.status == DIVERGED
+            else f"{100 * o.metrics.get('test_accuracy', float('nan')):.2f}%",
+            duration(o.wall_seconds),
+        ]
         for o in ctx["outcomes"]
     ]
     return "\n".join(
@@ -331,7 +389,9 @@ def appendix(ctx) -> str:
 def write(ctx: dict, r, claims) -> str:
     """Writes REPORT.md into ctx["out_dir"]; returns its path."""
     converged_anchor = ""
-    bn = next((row for row in (r.converged.rows if r.converged else []) if row.norm == "batch"), None)
+    bn = next(
+        (row for row in (r.converged.rows if r.converged else []) if row.norm == "batch"), None
+    )
     if bn and bn.test_acc:
         converged_anchor = (
             f" Published: 2 conv + pooling + BN reaches {100 * PUBLISHED_BN_CNN:.1f}%; batch "
@@ -342,14 +402,16 @@ def write(ctx: dict, r, claims) -> str:
         claims_section(claims),
         summary(r, claims),
         comparison_section(ctx, r, r.cnn, "CNN: with and without normalization", "cnn"),
-        comparison_section(ctx, r, r.converged, "CNN trained to convergence", "converged",
-                           converged_anchor),
+        comparison_section(
+            ctx, r, r.converged, "CNN trained to convergence", "converged", converged_anchor
+        ),
         impl_section(ctx, r),
         sweep_section(ctx, r, r.batch, "batch", "CNN: batch size", "batch size", "batch"),
         sweep_section(ctx, r, r.lr, "lr", "CNN: learning rate", "peak learning rate", "lr"),
         comparison_section(ctx, r, r.lstm, "LSTM: recurrent normalization", "lstm"),
-        sweep_section(ctx, r, r.lstm_batch, "lstm_batch", "LSTM: batch size", "batch size",
-                      "batch"),
+        sweep_section(
+            ctx, r, r.lstm_batch, "lstm_batch", "LSTM: batch size", "batch size", "batch"
+        ),
         inside_section(ctx, r),
         cost_section(ctx, r),
         appendix(ctx),

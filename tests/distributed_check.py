@@ -22,8 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from normlab import core
-from normlab import models
+from normlab import core, models
 from normlab.core import builtin_sync
 from normlab.core import reference as ref
 

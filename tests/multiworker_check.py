@@ -18,8 +18,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from normlab import core
-from normlab import models
+from normlab import core, models
 
 EPS = 1e-3
 SPLIT = 40  # worker 0 holds examples [0, 40), worker 1 [40, 64)

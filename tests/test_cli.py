@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from tests.fixtures import write_idx_dataset
 from tests.fixtures import run_program as run
+from tests.fixtures import write_idx_dataset
 
 FAST = [
     "--batch_size=32",

@@ -110,7 +110,9 @@ def test_parity_program_prints_every_norm_and_built_in():
     assert result.returncode == 0, result.stderr
     for norm in registry.NORMS.values():
         for implementation in norm.builtins:
-            assert re.search(rf"^{norm.name} +{re.escape(implementation.label)}", result.stdout, re.M), (
+            assert re.search(
+                rf"^{norm.name} +{re.escape(implementation.label)}", result.stdout, re.M
+            ), (
                 norm.name,
                 implementation.label,
             )

@@ -9,10 +9,9 @@ import pytest
 import tensorflow as tf
 
 from normlab import core
-from normlab.core import builtin_sync
-from normlab.core import registry
-from normlab.models import BatchNorm, make_norm
+from normlab.core import builtin_sync, registry
 from normlab.core import reference as ref
+from normlab.models import BatchNorm, make_norm
 from tests.numerics import ALL_DTYPES, assert_close, quantized
 
 EPS = 1e-3

@@ -21,8 +21,16 @@ import tensorflow as tf
 
 from normlab import models
 from tests.fixtures import ROOT
-from tests.keras_fixtures import NORM_LAYERS, NORMS, cnn, fashion_mnist, max_rel
-from tests.keras_fixtures import norm_layer_inputs, randomize_weights, reference
+from tests.keras_fixtures import (
+    NORM_LAYERS,
+    NORMS,
+    cnn,
+    fashion_mnist,
+    max_rel,
+    norm_layer_inputs,
+    randomize_weights,
+    reference,
+)
 from tests.numerics import assert_close, tolerance
 
 F32 = tolerance(tf.float32)

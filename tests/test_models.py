@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from normlab.core import registry
-from tests.numerics import assert_close
 from normlab.models import CNN, BatchNorm, ConfigError, ModelConfig
+from tests.numerics import assert_close
 
 COMBOS = [
     (arch, norm, impl)

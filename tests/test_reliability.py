@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from tests.fixtures import tiny_splits, write_idx_dataset
 from normlab.trainer import lock
 from normlab.trainer.config import Config
 from normlab.trainer.errors import RunError
 from normlab.trainer.trainer import Trainer
+from tests.fixtures import tiny_splits, write_idx_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_LOCK = """

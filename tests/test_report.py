@@ -55,8 +55,11 @@ def done(tmp_path_factory):
 
     # A run killed at its last step, 16: its last checkpoint is step 8 (checkpoints every 8
     # steps; the progress line of a step comes before its checkpoint).
-    partial = next(s for s in specs if s.config.norm == "layer" and s.config.batch_size == 4
-                   and s.config.arch == "default")
+    partial = next(
+        s
+        for s in specs
+        if s.config.norm == "layer" and s.config.batch_size == 4 and s.config.arch == "default"
+    )
     assert partial.config.checkpoint_every == 8 and partial.config.train_steps == 16
 
     def crash_at_16(line):
@@ -65,7 +68,9 @@ def done(tmp_path_factory):
 
     with pytest.raises(_Crash):
         Trainer(
-            partial.config, os.path.join(options.root, partial.name), splits=splits,
+            partial.config,
+            os.path.join(options.root, partial.name),
+            splits=splits,
             log=crash_at_16,
         ).train_and_evaluate()
     assert suite.state(options.root, partial) == suite.PARTIAL
@@ -124,8 +129,9 @@ def test_report_has_the_claims_every_section_and_its_figures(done):
         "## Appendix: the runs",
     ):
         assert heading in text, heading
-    table = re.findall(r"^\| (\d) \| .*\| \*\*(supported|not supported|mixed|not tested)\*\* \|",
-                       text, re.M)
+    table = re.findall(
+        r"^\| (\d) \| .*\| \*\*(supported|not supported|mixed|not tested)\*\* \|", text, re.M
+    )
     assert [int(n) for n, _ in table] == list(range(1, len(claims.CLAIMS) + 1))
     assert text.count("Budget: ") >= 7  # every section states its budget
     assert re.search(r"\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]%", text)  # means with intervals
@@ -141,9 +147,20 @@ def test_report_only_writes_the_report_without_training(done):
     before = _run_files(done.options.root)
     out = str(done.base / "published")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "report.py"), f"--root={done.options.root}",
-         "--preset=tiny", f"--data_dir={done.options.data_dir}", "--report_only", f"--out={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            os.path.join(ROOT, "report.py"),
+            f"--root={done.options.root}",
+            "--preset=tiny",
+            f"--data_dir={done.options.data_dir}",
+            "--report_only",
+            f"--out={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "training" not in result.stdout
@@ -176,9 +193,17 @@ def test_a_root_holding_runs_of_other_settings_is_refused(done, tmp_path):
 
 
 def test_report_program_help_and_plan():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "report.py"), "--help"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0 and "--preset" in result.stdout and "--report_only" in result.stdout
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "report.py"), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (
+        result.returncode == 0 and "--preset" in result.stdout and "--report_only" in result.stdout
+    )
 
 
 def test_full_preset_design():
@@ -237,9 +262,21 @@ def test_verdict_rules():
 
 
 def _results(**kwargs):
-    base = dict(lr=[], batch=[], lstm_batch=[], cnn=None, converged=None, lstm=None, chance=0.1,
-                seeds=3, cost_ms={}, cost_rounds={}, cost_rounds_n=3, parity_table=[],
-                parity_layers={})
+    base = dict(
+        lr=[],
+        batch=[],
+        lstm_batch=[],
+        cnn=None,
+        converged=None,
+        lstm=None,
+        chance=0.1,
+        seeds=3,
+        cost_ms={},
+        cost_rounds={},
+        cost_rounds_n=3,
+        parity_table=[],
+        parity_layers={},
+    )
     return types.SimpleNamespace(**{**base, **kwargs})
 
 
@@ -249,8 +286,12 @@ def _cell(norm, setting, accs, diverged=0):
 
 def test_claims_follow_the_numbers():
     """The same claim flips verdict with the numbers: layer beats batch at B <= 4."""
-    wins = [_cell("layer", 2, [0.88, 0.89, 0.885]), _cell("batch", 2, [0.70, 0.72, 0.71]),
-            _cell("layer", 4, [0.88, 0.885, 0.89]), _cell("batch", 4, [0.80, 0.81, 0.805])]
+    wins = [
+        _cell("layer", 2, [0.88, 0.89, 0.885]),
+        _cell("batch", 2, [0.70, 0.72, 0.71]),
+        _cell("layer", 4, [0.88, 0.885, 0.89]),
+        _cell("batch", 4, [0.80, 0.81, 0.805]),
+    ]
     assert claims.layer_beats_batch_small(_results(batch=wins)).verdict == stats.SUPPORTED
     loses = [_cell("layer", 2, [0.70, 0.71, 0.72]), _cell("batch", 2, [0.88, 0.89, 0.885])]
     assert claims.layer_beats_batch_small(_results(batch=loses)).verdict == stats.NOT_SUPPORTED
@@ -261,9 +302,14 @@ def test_claims_follow_the_numbers():
 
 
 def test_learning_rate_claim_needs_an_order_of_magnitude():
-    lr = [_cell("none", 0.05, [0.88, 0.885, 0.89]), _cell("none", 0.5, [], diverged=3),
-          _cell("none", 5.0, [], diverged=3), _cell("batch", 0.05, [0.90, 0.905, 0.91]),
-          _cell("batch", 0.5, [0.905, 0.90, 0.91]), _cell("batch", 5.0, [0.89, 0.90, 0.895])]
+    lr = [
+        _cell("none", 0.05, [0.88, 0.885, 0.89]),
+        _cell("none", 0.5, [], diverged=3),
+        _cell("none", 5.0, [], diverged=3),
+        _cell("batch", 0.05, [0.90, 0.905, 0.91]),
+        _cell("batch", 0.5, [0.905, 0.90, 0.91]),
+        _cell("batch", 5.0, [0.89, 0.90, 0.895]),
+    ]
     claim = claims.higher_learning_rates(_results(lr=lr))
     assert claim.verdict == stats.SUPPORTED and "(100x)" in claim.evidence
     lr[-1] = _cell("batch", 5.0, [], diverged=3)  # both diverge at 5.0: better at 0.5 only

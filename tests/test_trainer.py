@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.fixtures import tiny_splits
 from normlab.core import registry
 from normlab.trainer import steps, summaries
 from normlab.trainer.config import Config
 from normlab.trainer.errors import RunError, UsageError
 from normlab.trainer.optim import SGD, Adam, learning_rate
 from normlab.trainer.trainer import Trainer
+from tests.fixtures import tiny_splits
 
 SMALL = dict(
     batch_size=32,
@@ -56,16 +56,8 @@ def test_one_step_changes_every_trainable_variable(tmp_path, norm, impl):
 
 
 def trainer_dataset(trainer):
-    from normlab import data
-
-    s = trainer.splits
-    return data.train_dataset(
-        s.train_x,
-        s.train_y,
-        batch_size=trainer.config.batch_size,
-        seed=trainer.config.seed,
-        pixel_mean=s.pixel_mean,
-        pixel_std=s.pixel_std,
+    return trainer.splits.train_batches(
+        batch_size=trainer.config.batch_size, seed=trainer.config.seed
     )
 
 

@@ -6,17 +6,16 @@ passed to the wrong place (SGD's momentum as batch norm's, say) or an effect ski
 still logged must fail here.
 """
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from normlab.core import reference as ref
 from normlab.trainer import steps, summaries
 from normlab.trainer.config import Config
 from normlab.trainer.trainer import Trainer
-from normlab.core import reference as ref
 from tests.fixtures import tiny_splits
 from tests.numerics import assert_close
 
@@ -40,19 +39,10 @@ def _trainer(tmp_path, **overrides) -> Trainer:
 
 
 def _first_batch(trainer: Trainer):
-    from normlab import data
-
-    s, c = trainer.splits, trainer.config
-    dataset = data.train_dataset(
-        s.train_x,
-        s.train_y,
-        batch_size=c.batch_size,
-        seed=c.seed,
-        pixel_mean=s.pixel_mean,
-        pixel_std=s.pixel_std,
-        augment=c.augment,
+    c = trainer.config
+    return next(
+        iter(trainer.splits.train_batches(batch_size=c.batch_size, seed=c.seed, augment=c.augment))
     )
-    return next(iter(dataset))
 
 
 def _standardized(trainer: Trainer, images: np.ndarray) -> tf.Tensor:
@@ -250,17 +240,17 @@ def test_learning_rate_schedule_reaches_the_step(tmp_path, schedule, warmup):
         assert lr == pytest.approx(expected, abs=1e-6 * peak), step
 
 
-def test_batch_size_augment_and_validation_size_reach_the_data(tmp_path):
-    trainer = _trainer(tmp_path, batch_size=16, validation_size=40)
-    images, _ = _first_batch(trainer)
-    assert images.shape[0] == 16
-    # tiny_splits() is already split; the trainer keeps its splits as given.
-    assert len(trainer.splits.val_x) == 64
-    plain = _first_batch(trainer)[0].numpy()
-    augmented_config = dataclasses.replace(trainer.config, augment=True)
-    trainer.config = augmented_config
-    augmented = _first_batch(trainer)[0].numpy()
-    assert not np.array_equal(plain, augmented)
+def test_batch_size_and_augment_reach_the_training_data(tmp_path):
+    """--batch_size sets the epoch's length; --augment changes the batches the trainer feeds
+    (one step from the same seed and weights ends elsewhere)."""
+    trainer = _trainer(tmp_path / "b16", batch_size=16)
+    assert trainer.steps_per_epoch == len(trainer.splits.train_x) // 16
+    kernels = []
+    for augment in (False, True):
+        t = _trainer(tmp_path / str(augment), augment=augment, train_steps=1, norm="none")
+        t.train()
+        kernels.append(t.model.convs[0].kernel.numpy())
+    assert not np.array_equal(*kernels)
 
 
 def test_precision_sets_the_activation_dtype(tmp_path):

@@ -33,8 +33,13 @@ FAST = [
     "--eval_batch_size=64",
 ]
 PROGRAMS = ["train.py", "eval.py", "report.py", "parity.py"]
-MODULES = ["bench.ops", "bench.model", "bench.keras_fit", "scripts.kill_resume",
-           "normlab.trainer.config"]
+MODULES = [
+    "bench.ops",
+    "bench.model",
+    "bench.keras_fit",
+    "scripts.kill_resume",
+    "normlab.trainer.config",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,10 @@ def _hashes(directory) -> dict:
 
 def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
     """Runs the commands concurrently (each mostly waits for TensorFlow's import)."""
-    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for c in commands]
+    procs = [
+        subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
     results = []
     for command, p in zip(commands, procs):
         out, err = p.communicate(timeout=300)
@@ -94,8 +101,13 @@ def test_finished_interrupted_resumed_and_shortened_runs(tmp_path, idx_dir):
     than done are refused without writing."""
     model_dir = str(tmp_path / "run")
     flags = [f"--model_dir={model_dir}", f"--data_dir={idx_dir}", "--train_steps=40", *FAST]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *flags], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py"), *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("step 10/"):
             proc.send_signal(signal.SIGINT)
@@ -105,8 +117,16 @@ def test_finished_interrupted_resumed_and_shortened_runs(tmp_path, idx_dir):
     r = run("train.py", f"--model_dir={model_dir}")
     assert r.returncode == 0, r.stderr
     metrics = json.load(open(os.path.join(model_dir, "metrics.json")))
-    for field in ("train_loss", "train_accuracy", "train_seconds", "train_images_per_sec",
-                  "train_steps_per_sec", "test_accuracy", "val_accuracy", "step"):
+    for field in (
+        "train_loss",
+        "train_accuracy",
+        "train_seconds",
+        "train_images_per_sec",
+        "train_steps_per_sec",
+        "test_accuracy",
+        "val_accuracy",
+        "step",
+    ):
         assert field in metrics, field
     # The time of both segments: the resumed segment alone trained 30 of the 40 steps.
     assert metrics["train_steps_per_sec"] == pytest.approx(40 / metrics["train_seconds"])
@@ -124,8 +144,15 @@ def runs_root(tmp_path_factory, idx_dir):
     """A directory holding three short runs (batch, layer and RMS norm), trained concurrently."""
     root = tmp_path_factory.mktemp("runs")
     commands = [
-        [sys.executable, os.path.join(ROOT, "train.py"), f"--model_dir={root / norm}",
-         f"--data_dir={idx_dir}", "--train_steps=4", f"--norm={norm}", *FAST]
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            f"--model_dir={root / norm}",
+            f"--data_dir={idx_dir}",
+            "--train_steps=4",
+            f"--norm={norm}",
+            *FAST,
+        ]
         for norm in ("batch", "layer", "rms")
     ]
     for r in _run_all(commands):
@@ -166,8 +193,15 @@ def test_eval_compares_any_number_of_runs_in_100_columns(runs_root, tmp_path):
 
 def test_course_net_records_the_sizes_it_uses(tmp_path, idx_dir):
     model_dir = tmp_path / "course"
-    r = run("train.py", f"--model_dir={model_dir}", f"--data_dir={idx_dir}", "--arch=course",
-            "--train_steps=2", "--batch_size=32", "--validation_size=64")
+    r = run(
+        "train.py",
+        f"--model_dir={model_dir}",
+        f"--data_dir={idx_dir}",
+        "--arch=course",
+        "--train_steps=2",
+        "--batch_size=32",
+        "--validation_size=64",
+    )
     assert r.returncode == 0, r.stderr
     flags = (model_dir / "flags.txt").read_text()
     assert "--widths=30\n" in flags and "--dense_units=100\n" in flags
@@ -184,8 +218,14 @@ def test_tensorboard_records(tmp_path, idx_dir):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     model_dir = tmp_path / "run"
-    r = run("train.py", f"--model_dir={model_dir}", f"--data_dir={idx_dir}", "--train_steps=6",
-            "--norm=layer", *FAST)
+    r = run(
+        "train.py",
+        f"--model_dir={model_dir}",
+        f"--data_dir={idx_dir}",
+        "--train_steps=6",
+        "--norm=layer",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
 
     def load(path):
@@ -194,10 +234,12 @@ def test_tensorboard_records(tmp_path, idx_dir):
         return acc
 
     train, val = load(model_dir / "train"), load(model_dir / "eval")
-    for tag in (summaries.weights_histogram("conv1", "kernel"),
-                summaries.gradients_histogram("conv1", "kernel"),
-                summaries.activations_histogram("conv1", "pre"),
-                summaries.activations_histogram("dense1", "post")):
+    for tag in (
+        summaries.weights_histogram("conv1", "kernel"),
+        summaries.gradients_histogram("conv1", "kernel"),
+        summaries.activations_histogram("conv1", "pre"),
+        summaries.activations_histogram("dense1", "post"),
+    ):
         assert [e.step for e in train.Tensors(tag)] == [1, 6], tag
     assert summaries.LOSS in train.Tags()["tensors"] and summaries.LOSS in val.Tags()["tensors"]
     hparams = load(model_dir)
@@ -207,7 +249,22 @@ def test_tensorboard_records(tmp_path, idx_dir):
     assert metrics[:2] == [summaries.FINAL_TEST_ACCURACY, summaries.FINAL_VAL_ACCURACY]
     session = plugin_data_pb2.HParamsPluginData.FromString(meta["_hparams_/session_start_info"])
     recorded = set(session.session_start_info.hparams)
-    for name in ("norm", "norm_impl", "batch_size", "learning_rate", "widths", "groups",
-                 "bn_momentum", "augment", "lr_schedule", "momentum", "total_steps", "epochs",
-                 "strategy", "replicas", "precision", "seed"):
+    for name in (
+        "norm",
+        "norm_impl",
+        "batch_size",
+        "learning_rate",
+        "widths",
+        "groups",
+        "bn_momentum",
+        "augment",
+        "lr_schedule",
+        "momentum",
+        "total_steps",
+        "epochs",
+        "strategy",
+        "replicas",
+        "precision",
+        "seed",
+    ):
         assert name in recorded, name

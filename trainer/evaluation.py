@@ -25,8 +25,17 @@ from normlab.trainer.errors import RunError, UsageError
 # Settings that may tell runs apart, in the order the table shows them (the run's checkpoint
 # and replicas come from the run itself).
 DISTINGUISHING = (
-    "arch", "norm", "norm_impl", "widths", "lstm_units", "precision", "batch_size", "optimizer",
-    "learning_rate", "augment", "seed",
+    "arch",
+    "norm",
+    "norm_impl",
+    "widths",
+    "lstm_units",
+    "precision",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "augment",
+    "seed",
 )
 SHORT = {"norm_impl": "impl", "batch_size": "batch", "learning_rate": "lr", "lstm_units": "units"}
 # Agreement columns per block: a matrix wider than this is printed in several blocks.
@@ -87,8 +96,12 @@ def evaluate_runs(
                 config = dataclasses.replace(config, data_dir=data_dir)
             key = (config.dataset, config.data_dir, config.validation_size)
             if key not in cache:
-                cache[key] = data.load(config.dataset, config.data_dir or None, config.validation_size)
-            trainer = Trainer(config, model_dir, splits=cache[key], log=lambda _: None, read_only=True)
+                cache[key] = data.load(
+                    config.dataset, config.data_dir or None, config.validation_size
+                )
+            trainer = Trainer(
+                config, model_dir, splits=cache[key], log=lambda _: None, read_only=True
+            )
             if checkpoint:
                 trainer.restore(checkpoint)
                 used = os.path.basename(checkpoint)
@@ -157,7 +170,9 @@ class Comparison:
                 test_loss=round(r.test_loss, 6),
                 params=r.parameters,
             )
-            row.update({f"acc_{n}": round(a, 6) for n, a in zip(r.class_names, r.per_class_accuracy)})
+            row.update(
+                {f"acc_{n}": round(a, 6) for n, a in zip(r.class_names, r.per_class_accuracy)}
+            )
             out.append(row)
         return out
 
@@ -187,12 +202,15 @@ class Comparison:
             base, names = self.short_names()
             columns = ["#", "run"] + [SHORT.get(n, n) for n in differing]
             rows = [
-                [i, names[i - 1]] + [_setting(r.config, n) for n in differing]
+                [i, names[i - 1]]
+                + [_setting(r.config, n) for n in differing]
                 + [r.checkpoint, r.step, _pct(r.test_accuracy), f"{r.test_loss:.4f}", r.parameters]
                 for i, r in enumerate(self.results, 1)
             ]
             shared_text = ", ".join(f"{k} {v}" for k, v in shared.items())
-            intro = f"Runs in {base}; test split, inference mode. Shared by every run: {shared_text}."
+            intro = (
+                f"Runs in {base}; test split, inference mode. Shared by every run: {shared_text}."
+            )
             parts = [
                 *textwrap.wrap(intro, 100),
                 "",
@@ -201,8 +219,10 @@ class Comparison:
                 "Per-class test accuracy (%):",
                 table(
                     ["#"] + [n[:6] for n in self.results[0].class_names],
-                    [[i] + [f"{100 * a:.1f}" for a in r.per_class_accuracy]
-                     for i, r in enumerate(self.results, 1)],
+                    [
+                        [i] + [f"{100 * a:.1f}" for a in r.per_class_accuracy]
+                        for i, r in enumerate(self.results, 1)
+                    ],
                 ),
             ]
             matrix = self.agreement()
@@ -213,8 +233,10 @@ class Comparison:
                     parts.append(
                         table(
                             ["#"] + [str(j + 1) for j in cols],
-                            [[i + 1] + [f"{100 * matrix[i, j]:.1f}" for j in cols]
-                             for i in range(len(matrix))],
+                            [
+                                [i + 1] + [f"{100 * matrix[i, j]:.1f}" for j in cols]
+                                for i in range(len(matrix))
+                            ],
                         )
                     )
         for model_dir, reason in self.failures.items():
@@ -229,14 +251,19 @@ class Comparison:
 
     def json(self) -> str:
         matrix = self.agreement()
-        return json.dumps(
-            {
-                "runs": self.rows(),
-                "prediction_agreement": matrix.round(6).tolist() if matrix is not None else None,
-                "not_evaluated": self.failures,
-            },
-            indent=2,
-        ) + "\n"
+        return (
+            json.dumps(
+                {
+                    "runs": self.rows(),
+                    "prediction_agreement": matrix.round(6).tolist()
+                    if matrix is not None
+                    else None,
+                    "not_evaluated": self.failures,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     def csv(self) -> str:
         rows = self.rows()

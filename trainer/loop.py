@@ -80,8 +80,9 @@ def train_loop(
     """
     state = {"done": start}
     try:
-        return _steps(train_step, batches, start, total, config, writer, train_seconds, hooks,
-                      stop, state)
+        return _steps(
+            train_step, batches, start, total, config, writer, train_seconds, hooks, stop, state
+        )
     except _LOST_WORKER as e:
         # A collective op (the step's all-reduce, a checkpoint's broadcast) failed because a
         # worker is gone.

@@ -206,15 +206,8 @@ class Trainer:
         self.writers["hparams"].write_hparams(
             self.hparams(), os.path.basename(os.path.abspath(self.model_dir))
         )
-        dataset = data.train_dataset(
-            self.splits.train_x,
-            self.splits.train_y,
-            batch_size=c.batch_size,
-            seed=c.seed,
-            start_step=start,
-            pixel_mean=self.splits.pixel_mean,
-            pixel_std=self.splits.pixel_std,
-            augment=c.augment,
+        dataset = self.splits.train_batches(
+            batch_size=c.batch_size, seed=c.seed, augment=c.augment, start_step=start
         )
         if start == 0 and c.wn_init == "data":
             images, _ = dataset.take(1).get_single_element()
@@ -231,7 +224,9 @@ class Trainer:
             )
             dataset = self.strategy.experimental_distribute_dataset(dataset.with_options(options))
         if replicas > 1:
-            self.log(f"global batch {c.batch_size}: {c.batch_size // replicas} examples per replica")
+            self.log(
+                f"global batch {c.batch_size}: {c.batch_size // replicas} examples per replica"
+            )
         self.log(
             f"training {c.norm} norm ({c.norm_impl}) on {c.dataset}: steps {start} -> "
             f"{total}, {self.steps_per_epoch} steps per epoch, batch {c.batch_size}"
@@ -301,18 +296,7 @@ class Trainer:
         empty split); see steps.evaluate."""
         if split not in ("val", "test"):
             raise UsageError(f"split must be val or test, got {split!r}")
-        x, y = (
-            (self.splits.val_x, self.splits.val_y)
-            if split == "val"
-            else (self.splits.test_x, self.splits.test_y)
-        )
-        dataset = data.eval_dataset(
-            x,
-            y,
-            batch_size=self.config.eval_batch_size,
-            pixel_mean=self.splits.pixel_mean,
-            pixel_std=self.splits.pixel_std,
-        )
+        dataset, y = self.splits.eval_batches(split, self.config.eval_batch_size)
         return steps.evaluate(self.eval_step, dataset, y, self.splits.info.num_classes)
 
     def train_and_evaluate(self) -> dict:

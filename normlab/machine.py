@@ -1,4 +1,8 @@
-"""Where and with what the report was made: versions, processor, cores, commit."""
+"""Where and with what a measurement was made: processor, cores, memory, versions, commit.
+
+The report and every benchmark name the CPU model beside their numbers, because speed ratios
+differ between CPUs (an Intel Xeon and an AMD EPYC disagree on which batch norm is faster).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import subprocess
 import time
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -67,7 +71,7 @@ def describe() -> dict[str, str]:
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "numpy": np.__version__,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": f"{os.cpu_count()} (nproc; {affinity} usable by this process)"
         if affinity is not None
         else str(os.cpu_count()),
