@@ -3,6 +3,8 @@
 import dataclasses
 import os
 import re
+import subprocess
+import sys
 
 from normlab.trainer.config import Config
 
@@ -30,6 +32,17 @@ def test_readme_opens_with_the_run_and_test_commands():
 def test_every_train_flag_is_documented():
     for field in dataclasses.fields(Config):
         assert f"`--{field.name}`" in README, field.name
+
+
+def test_the_library_example_runs_from_any_directory(tmp_path):
+    """The README's first Python example, run from an empty temporary directory: normlab is
+    importable wherever the user is (the set-up installs it), not only from the checkout."""
+    code = README.split("## The functions", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    (tmp_path / "example.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_no_unfilled_placeholders():
