@@ -36,14 +36,15 @@ FINAL_VAL_LOSS = "final/val_loss"
 FINAL_VAL_ACCURACY = "final/val_accuracy"
 FINAL_TEST_LOSS = "final/test_loss"
 FINAL_TEST_ACCURACY = "final/test_accuracy"
-# The HParams dashboard's metric columns, in this order.
+# The HParams dashboard's metric columns, in this order, with the run (below the run directory)
+# that holds each: the final test and validation results lead, the training batches' last.
 HPARAMS_METRICS = (
-    FINAL_TEST_ACCURACY,
-    FINAL_VAL_ACCURACY,
-    FINAL_TEST_LOSS,
-    FINAL_VAL_LOSS,
-    ACCURACY,
-    LOSS,
+    (FINAL_TEST_ACCURACY, EVAL_DIR),
+    (FINAL_VAL_ACCURACY, EVAL_DIR),
+    (FINAL_TEST_LOSS, EVAL_DIR),
+    (FINAL_VAL_LOSS, EVAL_DIR),
+    (ACCURACY, TRAIN_DIR),
+    (LOSS, TRAIN_DIR),
 )
 
 
@@ -106,7 +107,7 @@ class MetricWriter:
         with self._writer.as_default():
             hparams_api.hparams_config(
                 hparams=[hparams_api.HParam(name) for name in hparams],
-                metrics=[hparams_api.Metric(tag) for tag in HPARAMS_METRICS],
+                metrics=[hparams_api.Metric(tag, group=group) for tag, group in HPARAMS_METRICS],
             )
             hparams_api.hparams(dict(hparams), trial_id=trial_id)
 
