@@ -2,7 +2,7 @@
 
 * `layer_parity`: custom vs built-in on the same trained weights and the same real batch, at
   every norm layer (core.parity.compare, and each side's distance to the float64 reference of
-  core/reference.py) and for the whole model (with a one-ulp control).
+  core/reference.py).
 * `twin_training`: custom, built-in and a one-ulp-perturbed custom model trained in lock step
   by the trainer's own step from the same initial weights on the same batches.
 * `batch_statistics_eval`: a batch-norm run's test accuracy with the statistics of test batches
@@ -34,7 +34,7 @@ from normlab.trainer.errors import UsageError
 
 ANALYSIS_DIR = "analysis"
 # Part of every cache key: bump it when an analysis computes something new.
-ANALYSIS_VERSION = 3
+ANALYSIS_VERSION = 4
 # The test-set order of the batch-statistics evaluation: random batches, not the file order.
 EVAL_ORDER_SEED = 1234
 
@@ -138,62 +138,14 @@ def norm_layer_rows(model, config: Config, images: tf.Tensor) -> list[dict]:
     return rows
 
 
-def _copy(model, config: Config, impl: str, one_ulp: bool = False):
-    """A new model holding `model`'s weights, with another impl or every weight one ulp up."""
-    other = build_model(dataclasses.replace(config, norm_impl=impl))
-    for mine, theirs in zip(model.variables, other.variables):
-        theirs.assign(np.nextafter(mine.numpy(), np.float32(np.inf)) if one_ulp else mine)
-    return other
-
-
-def model_rows(model, config: Config, images: tf.Tensor, labels: tf.Tensor) -> dict:
-    """The whole custom model vs a built-in model holding the same weights, on one batch.
-
-    Gradient differences are per variable, max |custom - built-in| / max |built-in|. A variable
-    whose gradient is a small sum of large cancelling terms has a large relative rounding error
-    whatever the implementation; the control measures that: the same difference between custom
-    and custom with every weight moved by one float32 ulp.
-    """
-    models = {
-        "custom": model,
-        "builtin": _copy(model, config, "builtin"),
-        "control": _copy(model, config, "custom", one_ulp=True),
-    }
-    inference = {k: m(images, training=False) for k, m in models.items()}  # before BN moves
-    results = {}
-    for key, m in models.items():
-        named = steps.layer_variables(m)
-        with tf.GradientTape() as tape:
-            logits = m(images, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        results[key] = (logits, loss, tape.gradient(loss, [v for _, _, v in named]))
-    names = [f"{layer}/{name}" for layer, name, _ in steps.layer_variables(model)]
-
-    def rel(other: str) -> dict[str, float]:
-        pairs = zip(names, results["custom"][2], results[other][2])
-        return {name: parity.max_rel(a, b) for name, a, b in pairs}
-
-    grads, control = rel("builtin"), rel("control")
-    worst = max(grads, key=grads.get)
-    return {
-        "logits_abs_training": float(np.max(np.abs(results["custom"][0] - results["builtin"][0]))),
-        "logits_abs_inference": float(np.max(np.abs(inference["custom"] - inference["builtin"]))),
-        "loss_abs": float(abs(results["custom"][1] - results["builtin"][1])),
-        "grad_rel_max": grads[worst],
-        "grad_rel_worst": worst,
-        "control_grad_rel_worst": control[worst],
-    }
-
-
 def layer_parity(config: Config, run_dir: str, splits) -> dict:
     """For one custom run: its trained weights, its first training batch."""
     trainer = _restored(config, run_dir, splits)
-    images, labels = first_batch(config, splits)
+    images, _ = first_batch(config, splits)
     return {
         "norm": config.norm,
         "step": trainer.current_step,
         "layers": norm_layer_rows(trainer.model, config, images),
-        "model": model_rows(trainer.model, config, images, labels),
     }
 
 
@@ -316,16 +268,12 @@ def throughput(configs: dict[str, Config], splits, rounds: int, n_steps: int) ->
     each model in a fresh random order, so load from other processes on the shared cores falls
     on all of them alike. Returns per key the per-round ms per step and the batch size.
     """
-    info = splits.info
-    runners, batch = {}, None
+    info, runners = splits.info, {}
     for key, config in configs.items():
-        batch = first_batch(config, splits)
-        runners[key] = (
-            _step_for(build_model(config, info.image_shape, info.num_classes), config),
-            batch,
-        )
+        model = build_model(config, info.image_shape, info.num_classes)
+        runners[key] = (_step_for(model, config), first_batch(config, splits))
         for _ in range(3):
-            float(runners[key][0](*batch)[summaries.LOSS])
+            float(runners[key][0](*runners[key][1])[summaries.LOSS])
     order = np.random.default_rng(0)
     ms = {key: [] for key in configs}
     for _ in range(rounds):
@@ -341,83 +289,87 @@ def throughput(configs: dict[str, Config], splits, rounds: int, n_steps: int) ->
 
 def run_all(root, preset, specs, outcomes, splits, allow_compute: bool, say: Callable) -> dict:
     """Every analysis the report needs: {"parity": {norm: ...}, "twins": {norm: ...},
-    "bn_eval": {run name: ...}, "throughput": {...}, "seconds": total measured, "seconds_now":
-    computed in this invocation}."""
+    "bn_eval": {run name: ...}, "throughput": {...}, "parity_table": {...}, "seconds": total
+    measured, "seconds_now": computed in this invocation}."""
     from normlab.report.suite import COMPLETE
 
-    out = {
-        "parity": {},
-        "twins": {},
-        "bn_eval": {},
-        "throughput": {},
-        "parity_table": {},
-        "seconds": 0.0,
-        "seconds_now": 0.0,
-    }
-
-    def run(kind, item, name, key, compute):
-        entry, computed = cached(root, name, key, compute, allow_compute, say)
-        out["seconds"] += entry["seconds"]
-        out["seconds_now"] += entry["seconds"] if computed else 0.0
-        out[kind][item] = entry["result"]
-
-    done = [s for s in specs if outcomes[s.name].status == COMPLETE]
-    first = preset.seeds[0]
-    for spec in done:
-        c = spec.config
+    first, jobs = preset.seeds[0], []  # (kind, item, file name, cache key, compute)
+    for spec in (s for s in specs if outcomes[s.name].status == COMPLETE):
+        c, run_dir, key = (
+            spec.config,
+            os.path.join(root, spec.name),
+            {"config": identity(spec.config)},
+        )
         if (
             "cnn" in spec.sections
             and c.seed == first
             and c.norm_impl == "custom"
             and c.norm != "none"
         ):
-            run(
-                "parity",
-                c.norm,
-                f"parity-{c.norm}",
-                {"config": identity(c)},
-                lambda c=c, s=spec: layer_parity(c, os.path.join(root, s.name), splits),
+            jobs.append(
+                (
+                    "parity",
+                    c.norm,
+                    f"parity-{c.norm}",
+                    key,
+                    lambda c=c, d=run_dir: layer_parity(c, d, splits),
+                )
             )
             if c.norm in preset.builtin_norms:
-                run(
-                    "twins",
-                    c.norm,
-                    f"twins-{c.norm}",
-                    {"config": identity(c), "steps": preset.twin_steps},
-                    lambda c=c: twin_training(c, splits, preset.twin_steps),
+                jobs.append(
+                    (
+                        "twins",
+                        c.norm,
+                        f"twins-{c.norm}",
+                        {**key, "steps": preset.twin_steps},
+                        lambda c=c: twin_training(c, splits, preset.twin_steps),
+                    )
                 )
         if c.norm == "batch" and {"batch", "lstm_batch"} & set(spec.sections):
-            run(
-                "bn_eval",
-                spec.name,
-                f"bn-eval-{spec.name}",
-                {"config": identity(c)},
-                lambda c=c, s=spec: batch_statistics_eval(c, os.path.join(root, s.name), splits),
+            jobs.append(
+                (
+                    "bn_eval",
+                    spec.name,
+                    f"bn-eval-{spec.name}",
+                    key,
+                    lambda c=c, d=run_dir: batch_statistics_eval(c, d, splits),
+                )
             )
-    run(
-        "parity_table",
-        "rows",
-        "parity-table",
-        {"tf": tf.__version__},
-        lambda: [dataclasses.asdict(r) for r in parity.table()],
+    jobs.append(
+        (
+            "parity_table",
+            "rows",
+            "parity-table",
+            {"tf": tf.__version__},
+            lambda: [dataclasses.asdict(r) for r in parity.table()],
+        )
     )
-    configs = {}
-    for spec in specs:
-        c = spec.config
-        sections = {"cnn", "impl", "lstm"} & set(spec.sections)
-        if sections and c.seed == first and c.batch_size == preset.reference_batch:
-            configs[f"{c.arch}/{c.norm}/{c.norm_impl}"] = c
-    if configs:
-        key = {
-            "configs": {k: identity(c) for k, c in configs.items()},
-            "rounds": preset.cost_rounds,
-            "steps": preset.cost_steps,
-        }
-        run(
+    configs = {
+        f"{s.config.arch}/{s.config.norm}/{s.config.norm_impl}": s.config
+        for s in specs
+        if {"cnn", "impl", "lstm"} & set(s.sections)
+        and s.config.seed == first
+        and s.config.batch_size == preset.reference_batch
+    }
+    key = {
+        "configs": {k: identity(c) for k, c in configs.items()},
+        "rounds": preset.cost_rounds,
+        "steps": preset.cost_steps,
+    }
+    jobs.append(
+        (
             "throughput",
             "all",
             "throughput",
             key,
             lambda: throughput(configs, splits, preset.cost_rounds, preset.cost_steps),
         )
+    )
+    out = {kind: {} for kind in ("parity", "twins", "bn_eval", "parity_table", "throughput")}
+    out.update(seconds=0.0, seconds_now=0.0)
+    for kind, item, name, key, compute in jobs:
+        entry, computed = cached(root, name, key, compute, allow_compute, say)
+        out["seconds"] += entry["seconds"]
+        out["seconds_now"] += entry["seconds"] if computed else 0.0
+        out[kind][item] = entry["result"]
     return out

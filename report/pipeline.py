@@ -63,8 +63,7 @@ class Results:
     """Everything the claims, the figures and REPORT.md are computed from."""
 
     preset: design.Preset
-    seeds: int
-    chance: float
+    chance: float  # the accuracy of a guess: a diverged run counts at it
     cnn: object
     converged: object
     lstm: object
@@ -77,9 +76,8 @@ class Results:
     twins: dict
     inside: list
     inside_curves: dict
-    cost_ms: dict
-    cost_rounds: dict
-    cost_rounds_n: int
+    cost_ms: dict  # "arch/norm/impl" -> Estimate of ms per step
+    cost_rounds: dict  # ... -> the per-round ms per step it is computed from
 
 
 def load_data(options: Options):
@@ -97,27 +95,19 @@ def build_results(root, preset, specs, outcomes, done, num_classes) -> Results:
 
     runs = [tables.Run(outcomes[s.name], root) for s in specs]
     first = preset.seeds[0]
-    impl = {}
-    for run in runs:
-        c = run.config
-        if c.norm_impl == "builtin" and run.complete:
-            twin = next(
-                (
-                    r
-                    for r in runs
-                    if r.complete and r.config == dataclasses.replace(c, norm_impl="custom")
-                ),
-                None,
-            )
-            impl[(c.arch, c.norm)] = (
-                mean_ci([twin.metric("test_accuracy")]) if twin else None,
-                mean_ci([run.metric("test_accuracy")]),
-            )
+    by_config = {r.config: r for r in runs if r.complete}
+    impl = {
+        (r.config.arch, r.config.norm): tuple(
+            mean_ci([x.metric("test_accuracy")]) if x else None
+            for x in (by_config.get(dataclasses.replace(r.config, norm_impl="custom")), r)
+        )
+        for r in by_config.values()
+        if r.config.norm_impl == "builtin"
+    }
     inside_rows, inside_curves = tables.inside(runs, first, preset.cnn_norms)
     throughput = done["throughput"].get("all", {})
     return Results(
         preset=preset,
-        seeds=len(preset.seeds),
         chance=1.0 / num_classes,
         cnn=tables.comparison("cnn", runs, preset.cnn_norms),
         converged=tables.comparison("converged", runs, preset.cnn_norms)
@@ -135,7 +125,6 @@ def build_results(root, preset, specs, outcomes, done, num_classes) -> Results:
         inside_curves=inside_curves,
         cost_ms=tables.cost(throughput),
         cost_rounds={k: v["ms_per_step"] for k, v in throughput.items()},
-        cost_rounds_n=preset.cost_rounds,
     )
 
 

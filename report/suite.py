@@ -20,7 +20,7 @@ from normlab.report.design import RunSpec
 from normlab.trainer.config import Config, flags_path
 from normlab.trainer.errors import NonFiniteError, UsageError
 from normlab.trainer.loop import duration
-from normlab.trainer.run_dir import METRICS_FILE
+from normlab.trainer.run_dir import METRICS_FILE, write_atomically
 
 RECORD_FILE = "suite.json"
 COMPLETE, DIVERGED, PARTIAL, MISSING = "complete", "diverged", "partial", "missing"
@@ -48,12 +48,7 @@ def read_json(path: str) -> dict | None:
 
 
 def write_json(path: str, value: dict) -> None:
-    """Writes through a temporary file and a rename: a kill never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(value, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value, indent=2) + "\n")
 
 
 def state(root: str, spec: RunSpec) -> str:
@@ -127,29 +122,24 @@ def train(root: str, spec: RunSpec, splits, log: Callable[[str], None]) -> Outco
 
 
 class Estimator:
-    """Predicts a run's wall time from the runs measured so far: seconds per training example
-    of the same (arch, norm, impl, batch size), else of the same (arch, batch size), else of
-    the same arch, else a guess of 0.3 ms per example (the CNN at batch 128 on 2 cores)."""
+    """Predicts a run's wall time: the median seconds per training example of the finished
+    runs of the same (arch, norm, impl, batch size), else of the same arch, else 0.3 ms (the
+    CNN at batch 128 on 2 cores)."""
 
     def __init__(self):
-        self._per_example: dict[tuple, list[float]] = {}
+        self._rates: dict[tuple, list[float]] = {}
 
     def add(self, outcome: Outcome) -> None:
         c = outcome.spec.config
-        if outcome.status != COMPLETE or not outcome.wall_seconds:
-            return
-        rate = outcome.wall_seconds / outcome.spec.examples
-        for key in self._keys(c):
-            self._per_example.setdefault(key, []).append(rate)
-
-    @staticmethod
-    def _keys(c: Config) -> list[tuple]:
-        return [(c.arch, c.norm, c.norm_impl, c.batch_size), (c.arch, c.batch_size), (c.arch,)]
+        if outcome.status == COMPLETE and outcome.wall_seconds:
+            for key in ((c.arch, c.norm, c.norm_impl, c.batch_size), (c.arch,)):
+                self._rates.setdefault(key, []).append(outcome.wall_seconds / outcome.spec.examples)
 
     def seconds(self, spec: RunSpec) -> float:
-        for key in self._keys(spec.config):
-            if key in self._per_example:
-                return statistics.median(self._per_example[key]) * spec.examples
+        c = spec.config
+        for key in ((c.arch, c.norm, c.norm_impl, c.batch_size), (c.arch,)):
+            if key in self._rates:
+                return statistics.median(self._rates[key]) * spec.examples
         return 3e-4 * spec.examples
 
 

@@ -12,8 +12,6 @@ import os
 import statistics
 
 import numpy as np
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.util import tensor_util
 
 from normlab.report.stats import Estimate, difference_ci, mean_ci
 from normlab.report.suite import COMPLETE, DIVERGED, Outcome
@@ -25,23 +23,6 @@ THRESHOLD_GRID = 0.005
 # "Flat" at the end of training: the validation accuracy's range over the last fifth of the
 # run's evaluations, in accuracy units.
 PLATEAU_FRACTION = 0.2
-
-
-def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{tag: (steps, values)} of every scalar in logdir, one value per step (the last)."""
-    acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags().get("tensors", []):
-        by_step = {}
-        for event in acc.Tensors(tag):
-            value = tensor_util.make_ndarray(event.tensor_proto)
-            if value.size == 1:
-                by_step[event.step] = float(value.reshape(()))
-        if by_step:
-            steps = np.array(sorted(by_step))
-            out[tag] = (steps, np.array([by_step[s] for s in steps]))
-    return out
 
 
 @dataclasses.dataclass
@@ -65,7 +46,9 @@ class Run:
     def scalars(self, sub: str) -> dict:
         cache = "_train" if sub == tags.TRAIN_DIR else "_eval"
         if getattr(self, cache) is None:
-            setattr(self, cache, read_scalars(os.path.join(self.root, self.outcome.spec.name, sub)))
+            setattr(
+                self, cache, tags.read_scalars(os.path.join(self.root, self.outcome.spec.name, sub))
+            )
         return getattr(self, cache)
 
     def metric(self, name: str) -> float | None:

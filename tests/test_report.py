@@ -270,10 +270,9 @@ def _results(**kwargs):
         converged=None,
         lstm=None,
         chance=0.1,
-        seeds=3,
+        preset=design.PRESETS["full"],
         cost_ms={},
         cost_rounds={},
-        cost_rounds_n=3,
         parity_table=[],
         parity_layers={},
     )
@@ -292,13 +291,13 @@ def test_claims_follow_the_numbers():
         _cell("layer", 4, [0.88, 0.885, 0.89]),
         _cell("batch", 4, [0.80, 0.81, 0.805]),
     ]
-    assert claims.layer_beats_batch_small(_results(batch=wins)).verdict == stats.SUPPORTED
+    assert claims.layer_beats_batch_small(_results(batch=wins))[1] == stats.SUPPORTED
     loses = [_cell("layer", 2, [0.70, 0.71, 0.72]), _cell("batch", 2, [0.88, 0.89, 0.885])]
-    assert claims.layer_beats_batch_small(_results(batch=loses)).verdict == stats.NOT_SUPPORTED
+    assert claims.layer_beats_batch_small(_results(batch=loses))[1] == stats.NOT_SUPPORTED
     # A diverged batch-norm seed counts at chance: layer norm then wins at that size.
     diverged = [_cell("layer", 2, [0.80, 0.81, 0.805]), _cell("batch", 2, [], diverged=3)]
-    assert claims.layer_beats_batch_small(_results(batch=diverged)).verdict == stats.SUPPORTED
-    assert claims.group_norm_claim(_results()).verdict == stats.NOT_TESTED
+    assert claims.layer_beats_batch_small(_results(batch=diverged))[1] == stats.SUPPORTED
+    assert claims.group_norm_claim(_results())[1] == stats.NOT_TESTED
 
 
 def test_learning_rate_claim_needs_an_order_of_magnitude():
@@ -310,7 +309,7 @@ def test_learning_rate_claim_needs_an_order_of_magnitude():
         _cell("batch", 0.5, [0.905, 0.90, 0.91]),
         _cell("batch", 5.0, [0.89, 0.90, 0.895]),
     ]
-    claim = claims.higher_learning_rates(_results(lr=lr))
-    assert claim.verdict == stats.SUPPORTED and "(100x)" in claim.evidence
+    evidence, verdict = claims.higher_learning_rates(_results(lr=lr))
+    assert verdict == stats.SUPPORTED and "(100x)" in evidence
     lr[-1] = _cell("batch", 5.0, [], diverged=3)  # both diverge at 5.0: better at 0.5 only
-    assert claims.higher_learning_rates(_results(lr=lr)).verdict == stats.MIXED
+    assert claims.higher_learning_rates(_results(lr=lr))[1] == stats.MIXED

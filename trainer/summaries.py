@@ -14,8 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api as hparams_api
+from tensorboard.util import tensor_util
 
 TRAIN_DIR, EVAL_DIR = "train", "eval"
 
@@ -135,6 +138,24 @@ class NullWriter:
 
     def close(self) -> None:
         pass
+
+
+def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{tag: (steps, values)} of every scalar written into logdir (one value per step, the
+    last): how report/ and the tests read a run's summaries back, by the tags above."""
+    acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("tensors", []):
+        by_step = {}
+        for event in acc.Tensors(tag):
+            value = tensor_util.make_ndarray(event.tensor_proto)
+            if value.size == 1:
+                by_step[event.step] = float(value.reshape(()))
+        if by_step:
+            steps = np.array(sorted(by_step))
+            out[tag] = (steps, np.array([by_step[s] for s in steps]))
+    return out
 
 
 def open_writers(model_dir: str, writes: bool) -> dict[str, MetricWriter | NullWriter]:
