@@ -29,10 +29,17 @@ flags.DEFINE_string(
     "A checkpoint name (ckpt-500) or path instead of the latest; only with a single run.",
 )
 flags.DEFINE_string("data_dir", None, "Override the runs' saved --data_dir.")
+flags.DEFINE_enum(
+    "precision",
+    None,
+    ["float32", "mixed_bfloat16", "mixed_float16"],
+    "Evaluate in this precision instead of the runs' own (their weights are float32 in every "
+    "precision).",
+)
 flags.DEFINE_string("markdown", None, "Also write the comparison as Markdown to this file.")
 flags.DEFINE_string("json", None, "Also write the comparison as JSON to this file.")
 flags.DEFINE_string("csv", None, "Also write the comparison as CSV to this file.")
-FLAG_NAMES = ["model_dirs", "checkpoint", "data_dir", "markdown", "json", "csv"]
+FLAG_NAMES = ["model_dirs", "checkpoint", "data_dir", "precision", "markdown", "json", "csv"]
 FLAGS = flags.FLAGS
 
 
@@ -56,7 +63,7 @@ def main() -> int:
             f"--checkpoint names one checkpoint; give one run, not {len(dirs) + len(missing)}."
         )
     results, failures = evaluation.evaluate_runs(
-        dirs, checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir
+        dirs, checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, precision=FLAGS.precision
     )
     report = evaluation.Comparison(results, {**missing, **failures})
     print(report.text(), end="")

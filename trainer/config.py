@@ -50,6 +50,7 @@ class Config(ModelConfig):
         "float32, or mixed precision: activations in bfloat16/float16, weights, norm "
         "statistics and moving averages in float32 (float16 with dynamic loss scaling).",
         choices=PRECISIONS,
+        resumable=True,  # the checkpoint holds float32 variables in every precision
     )
     train_steps: int = setting(
         0, "Total training steps; 0: use --epochs.", minimum=0, resumable=True

@@ -83,9 +83,13 @@ def find_runs(paths: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def evaluate_runs(
-    dirs: list[str], checkpoint: str | None = None, data_dir: str | None = None
+    dirs: list[str],
+    checkpoint: str | None = None,
+    data_dir: str | None = None,
+    precision: str | None = None,
 ) -> tuple[list[RunResult], dict[str, str]]:
-    """Evaluates each run on its test split; returns (results, {dir: reason it failed})."""
+    """Evaluates each run on its test split; returns (results, {dir: reason it failed}).
+    data_dir and precision, when given, replace the runs' own."""
     from normlab.trainer.trainer import Trainer  # TensorFlow-heavy; imported when needed
 
     results, failures, cache = [], {}, {}
@@ -94,6 +98,8 @@ def evaluate_runs(
             config = Config.from_flagfile(flags_path(model_dir))
             if data_dir is not None:
                 config = dataclasses.replace(config, data_dir=data_dir)
+            if precision is not None:
+                config = dataclasses.replace(config, precision=precision)
             key = (config.dataset, config.data_dir, config.validation_size)
             if key not in cache:
                 cache[key] = data.load(

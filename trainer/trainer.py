@@ -81,7 +81,8 @@ class Trainer:
         self.total_steps = config.total_steps(self.steps_per_epoch)
         self.run_dir.open()
         try:
-            self.run_dir.check_config(config)
+            if not read_only:  # an evaluation may use other settings (eval.py's overrides)
+                self.run_dir.check_config(config)
             self._build()
         except BaseException:
             self.run_dir.close()  # a run that failed to open must not look held by a dead pid
