@@ -1,23 +1,23 @@
 """Runs the experiment suite and writes the report of findings (REPORT.md and its figures).
 
-    python report.py --root=runs/report --preset=quick              # a few minutes
-    python report.py --root=runs/report --preset=full --out=report  # the committed report
-    python report.py --root=runs/report --preset=full --report_only # rewrite it, no training
-    python report.py --preset=full --plan                           # the runs, no training
+Usage:
+    .venv/bin/python report.py --root=runs/report --preset=quick      # ~15 minutes
+    .venv/bin/python report.py --root=runs/report --preset=full --out=report  # the report
+    .venv/bin/python report.py --root=runs/report --preset=full --out=report --report_only
+    .venv/bin/python report.py --preset=full --plan                   # the runs, no training
 
 Runs already complete under --root are reused; an interrupted run resumes from its checkpoint.
-Every flag: python report.py --helpfull. The design of the presets: report/experiments.py.
+The design of the presets: report/design.py.
 """
 
 import sys
 
-from normlab.trainer.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
-
-from normlab.report import cli  # noqa: E402
-from normlab.trainer import cli as trainer_cli  # noqa: E402
+# isort: split
+from normlab.report import cli
+from normlab.trainer import cli as trainer_cli
 
 if __name__ == "__main__":
-    trainer_cli.parse_flags_or_exit(sys.argv, "report.py")
+    trainer_cli.parse_flags_or_exit(sys.argv, "report.py", __doc__, cli.FLAG_NAMES)
     sys.exit(trainer_cli.run_main(cli.main, "report.py"))

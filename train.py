@@ -1,23 +1,24 @@
-"""Trains the normlab CNN with one normalization; resumes from --model_dir's checkpoints.
+"""Trains a normlab CNN with one normalization; resumes from --model_dir's checkpoints.
 
-    python train.py --model_dir=runs/batch --norm=batch
-    python train.py --model_dir=runs/batch             # resume, with the saved flags
-    tensorboard --logdir=runs
+Usage:
+    .venv/bin/python train.py --model_dir=runs/batch --norm=batch
+    .venv/bin/python train.py --model_dir=runs/batch          # resume, with the saved flags
+    .venv/bin/tensorboard --logdir=runs
 
-Every flag: python train.py --helpfull. The flags are trainer/config.py's Config fields.
+An existing --model_dir is resumed with its saved flags (flags.txt); only the flags marked
+"May change on resume" may differ. A finished run is left as it is.
 """
 
 import os
 import sys
 
-from normlab.trainer.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-import_tensorflow()  # before anything else imports it: keeps TF's C++ start-up lines quiet
+# isort: split
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from normlab.trainer import cli  # noqa: E402
-from normlab.trainer.config import Config, flags_path  # noqa: E402
+from normlab.trainer import cli
+from normlab.trainer.config import Config, flags_path
 
 flags.DEFINE_string(
     "model_dir",
@@ -25,31 +26,43 @@ flags.DEFINE_string(
     "Run directory: flags, checkpoints, summaries, metrics. "
     "An existing one is resumed with its saved flags.",
 )
-cli.define_config_flags()
+FLAG_NAMES = ["model_dir"] + cli.define_config_flags()
 FLAGS = flags.FLAGS
 
 
+def tensorboard_command(logdir: str) -> str:
+    """The TensorBoard command for this Python: the one installed next to it (a virtualenv's
+    bin/), as a path relative to the current directory when it is below it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    if not os.path.exists(exe):
+        exe = "tensorboard"
+    elif os.path.abspath(exe).startswith(os.getcwd() + os.sep):
+        exe = os.path.relpath(exe)
+    return f"{exe} --logdir={logdir}"
+
+
 def main() -> int:
+    from normlab.trainer.run_dir import RunDirectory, check_model_dir
     from normlab.trainer.trainer import Trainer
 
-    if not FLAGS.model_dir:
-        raise cli.UsageError(
-            "--model_dir is required: the directory that holds the run's "
-            "flags, checkpoints, summaries and metrics."
-        )
+    check_model_dir(FLAGS.model_dir)
     saved = flags_path(FLAGS.model_dir)
     base = Config.from_flagfile(saved) if os.path.isfile(saved) else None
     config = cli.config_from_flags(base)
-    config.validate()  # before the model_dir is created: a bad flag leaves nothing behind
+    # Before anything is created or written: a resume that would change the experiment, then
+    # bad flags.
+    run_dir = RunDirectory(FLAGS.model_dir, writes=False, log=lambda _: None)
+    run_dir.check_config(config.resolved())
+    config.validate()
     trainer = Trainer(config, FLAGS.model_dir)
     try:
         trainer.train_and_evaluate()
     finally:
         trainer.close()
-    print(f"TensorBoard: tensorboard --logdir={FLAGS.model_dir}")
+    print(f"TensorBoard: {tensorboard_command(FLAGS.model_dir)}")
     return 0
 
 
 if __name__ == "__main__":
-    cli.parse_flags_or_exit(sys.argv, "train.py")
+    cli.parse_flags_or_exit(sys.argv, "train.py", __doc__, FLAG_NAMES)
     sys.exit(cli.run_main(main, "train.py"))

@@ -3,9 +3,10 @@
     python -m bench.model                    # default CNN, batch 128 (~3 min)
     python -m bench.model --arch=course --batch_size=64 --repeats=15
 
-Times the trainer's own compiled step (trainer.Trainer._train_step: forward, loss, backward,
+Times the trainer's own compiled step (trainer.steps.TrainStep: forward, loss, backward,
 gradient norms, optimizer update) on one fixed batch, for every --norm x --norm_impl, and
-reports the median images/s, the ratio of each step's time to the no-norm step's and, for
+in every --precisions, and reports the median images/s, the ratio of each step's time to the
+no-norm step's (and to float32's) and, for
 batch norm, custom's time over the fastest built-in's: all measured in the same run, with the
 candidates interleaved in a fresh random order each round so machine noise hits all alike.
 Not part of the test suite (timings on a shared machine are too noisy to assert).
@@ -22,26 +23,41 @@ import sys
 import tempfile
 import time
 
-from normlab.trainer.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-tf = import_tensorflow()
+# isort: split
+import tensorflow as tf
+from normlab.core import registry
+from normlab.data.synthetic import tiny_splits
+from normlab.trainer import summaries
+from normlab.trainer.config import Config
+from normlab.trainer.trainer import Trainer
 
-from normlab.data.synthetic import tiny_splits  # noqa: E402
-from normlab.trainer.config import Config  # noqa: E402
-from normlab.trainer.trainer import Trainer  # noqa: E402
 
-NORMS = ("none", "batch", "layer", "weight", "group")
-
-
-def _candidates() -> list[tuple[str, str, str]]:
-    """(norm, impl, backward): every norm custom and built-in; autodiff for the centred ones."""
-    out = [("none", "custom", "closed_form")]
-    for norm in NORMS[1:]:
-        out.append((norm, "custom", "closed_form"))
-        if norm in ("batch", "layer", "group"):
-            out.append((norm, "custom", "autodiff"))
-        out.append((norm, "builtin", "closed_form"))
+def _candidates(precisions) -> list[tuple[str, str, str, str]]:
+    """(precision, norm, impl, backward): every registry norm custom and built-in in every
+    precision, and (float32) autodiff for the norms whose custom backward is a closed form."""
+    out = []
+    for precision in precisions:
+        out.append((precision, registry.NONE, "custom", "closed_form"))
+        for norm in registry.NORMS.values():
+            out.append((precision, norm.name, "custom", "closed_form"))
+            if norm.custom.closed_form and precision == "float32":
+                out.append((precision, norm.name, "custom", "autodiff"))
+            out.append((precision, norm.name, "builtin", "closed_form"))
     return out
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo): ratios differ between CPUs, so every result names it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def run(args) -> dict:
@@ -51,9 +67,10 @@ def run(args) -> dict:
     labels = tf.constant([i % 10 for i in range(args.batch_size)], tf.int32)
     steps = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for norm, impl, backward in _candidates():
-            name = f"{norm}/{impl}" + ("/autodiff" if backward == "autodiff" else "")
+        for precision, norm, impl, backward in _candidates(args.precisions):
+            name = f"{precision}/{norm}/{impl}" + ("/autodiff" if backward == "autodiff" else "")
             config = Config(
+                precision=precision,
                 arch=args.arch,
                 norm=norm,
                 norm_impl=impl,
@@ -66,7 +83,7 @@ def run(args) -> dict:
                 config, os.path.join(tmp, name.replace("/", "-")), splits=splits, log=lambda _: None
             )
             for _ in range(3):  # trace, compile, warm up
-                trainer._train_step(images, labels, False)[0]["loss"].numpy()
+                float(trainer.train_step(images, labels)[summaries.LOSS])
             steps[name] = trainer
         samples = {name: [] for name in steps}
         for _ in range(args.repeats):
@@ -76,33 +93,45 @@ def run(args) -> dict:
                 trainer = steps[name]
                 start = time.perf_counter()
                 for _ in range(args.calls):
-                    metrics, _ = trainer._train_step(images, labels, False)
-                metrics["loss"].numpy()
+                    metrics = trainer.train_step(images, labels)
+                float(metrics[summaries.LOSS])
                 samples[name].append((time.perf_counter() - start) / args.calls)
     median = {name: statistics.median(s) for name, s in samples.items()}
-    base = median["none/custom"]
-    builtin_bn = median["batch/builtin"]
-    rows = {
-        name: {"ms": 1e3 * t, "images_per_sec": args.batch_size / t, "vs_no_norm": t / base}
-        for name, t in median.items()
-    }
+    rows = {}
+    for name, t in median.items():
+        precision = name.split("/")[0]
+        base = median[f"{precision}/none/custom"]
+        rows[name] = {
+            "ms": 1e3 * t,
+            "images_per_sec": args.batch_size / t,
+            "vs_no_norm": t / base,
+            "vs_float32": t / median.get(name.replace(precision, "float32", 1), float("nan")),
+        }
+    first = args.precisions[0]
     return {
         "arch": args.arch,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "calls_per_sample": args.calls,
         "rows": rows,
-        "custom_bn_vs_builtin_bn": median["batch/custom"] / builtin_bn,
-        "machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__},
+        "custom_bn_vs_builtin_bn": median[f"{first}/batch/custom"]
+        / median[f"{first}/batch/builtin"],
+        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "tensorflow": tf.__version__},
     }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="default", choices=["default", "course"])
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--calls", type=int, default=5, help="steps per timed sample")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["float32", "mixed_bfloat16", "mixed_float16"],
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+    )
     parser.add_argument("--out", default="bench/results/model.json")
     args = parser.parse_args(argv)
     result = run(args)
@@ -110,11 +139,15 @@ def main(argv=None) -> int:
         f"{args.arch} CNN, batch {args.batch_size}, median of {args.repeats} samples x "
         f"{args.calls} steps (interleaved)"
     )
-    print(f"{'norm/impl':<24}{'ms/step':>9}{'images/s':>10}{'vs none':>9}")
+    print(f"CPU: {result['machine']['cpu']}")
+    print(f"{'precision/norm/impl':<38}{'ms/step':>9}{'images/s':>10}{'vs none':>9}{'vs f32':>8}")
     for name, row in result["rows"].items():
-        print(f"{name:<24}{row['ms']:>9.1f}{row['images_per_sec']:>10.0f}{row['vs_no_norm']:>9.2f}")
+        print(
+            f"{name:<38}{row['ms']:>9.1f}{row['images_per_sec']:>10.0f}"
+            f"{row['vs_no_norm']:>9.2f}{row['vs_float32']:>8.2f}"
+        )
     print(
-        f"custom batch norm step / built-in (fused) batch norm step: "
+        f"custom batch norm step / built-in (fused) batch norm step ({args.precisions[0]}): "
         f"{result['custom_bn_vs_builtin_bn']:.2f}"
     )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

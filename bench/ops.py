@@ -26,13 +26,13 @@ import sys
 import time
 from typing import Callable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+# isort: split
+import tensorflow as tf
+import numpy as np
 
-from normlab import core  # noqa: E402
-from normlab.core import builtin, closed_form  # noqa: E402
+from normlab.core import closed_form, registry
 
 # The CNN's activations: the default CNN's two conv blocks and dense layer at batch 128, the
 # course's starter network (5x5 conv, 30 filters; dense 100) at batch 64.
@@ -50,13 +50,13 @@ CNN_KERNELS = (
 )
 SWEEP_BATCHES = (8, 32, 128, 512)  # of [N, 28, 28, 32]
 SWEEP_KERNELS = ((3, 3, 64, 64), (3, 3, 128, 128), (3, 3, 256, 256), (4096, 1024))
-NORMS = ("batch", "layer", "group", "weight")
+NORMS = tuple(registry.NORMS)  # every norm of the registry
 EPS = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One implementation of a norm: fn(x, gamma, beta) (fn(v, g) for weight norm)."""
+    """One implementation of a norm: fn(x, *params) (fn(v, g) for weight norm)."""
 
     name: str
     kind: str  # "custom" or "builtin"
@@ -84,52 +84,37 @@ def _keras_batch_norm(shape: Sequence[int]) -> Candidate:
     return Candidate("keras BatchNormalization", "builtin", fn, layer=layer)
 
 
-def candidates(norm: str, shape: Sequence[int], variants: bool) -> list[Candidate]:
-    """The custom implementations (several compilations) and every built-in of `norm`."""
-    rank = len(shape)
-    if norm == "batch":
-        axes = list(range(rank - 1))
+def _normalized_axes(norm: registry.Norm, rank: int) -> list[int]:
+    """The axes the closed form normalizes (for its variants): batch norm every axis but the
+    last; layer and RMS norm every axis but the first; group norm the grouped view's."""
+    if norm.moving_statistics:
+        return list(range(rank - 1))
+    if norm.grouped:
+        return list(range(1, rank - 1)) + [rank]
+    return list(range(1, rank))
 
-        def custom(backward):
-            return lambda x, g, b: core.batch_norm(x, g, b, EPS, backward=backward)
 
-        builtins = [
-            Candidate("tf.nn.batch_normalization", "builtin", builtin.batch_norm_nn),
-            Candidate("fused_batch_norm", "builtin", builtin.fused_batch_norm),
-            _keras_batch_norm(shape),
-        ]
-    elif norm == "layer":
-        axes = list(range(1, rank))
-
-        def custom(backward):
-            return lambda x, g, b: core.layer_norm(x, g, b, EPS, backward=backward)
-
-        builtins = [
-            Candidate("keras LayerNormalization", "builtin", builtin.layer_norm_keras),
-            Candidate("keras GroupNormalization(1)", "builtin", builtin.layer_norm_keras_group),
-        ]
-    elif norm == "group":
-        groups = groups_for(shape[-1])
-        axes = list(range(1, rank - 1)) + [rank]
-
-        def custom(backward):
-            return lambda x, g, b: core.group_norm(x, g, b, groups, EPS, backward=backward)
-
-        builtins = [
-            Candidate(
-                f"keras GroupNormalization({groups})",
-                "builtin",
-                lambda x, g, b: builtin.group_norm_keras(x, g, b, groups, EPS),
-            )
-        ]
-    elif norm == "weight":
+def candidates(name: str, shape: Sequence[int], variants: bool) -> list[Candidate]:
+    """normlab's implementation (several compilations) and every built-in of registry norm
+    `name`; with `variants`, other forms of the closed form, to justify the default's."""
+    norm = registry.NORMS[name]
+    groups = groups_for(shape[-1]) if norm.grouped else None
+    suffix = f"({groups})" if groups else ""
+    builtins = [
+        Candidate(b.label + suffix, "builtin", norm.bind(b, eps=EPS, groups=groups))
+        for b in norm.builtins
+    ]
+    if norm.moving_statistics:
+        builtins.append(_keras_batch_norm(shape))  # the layer users would pick, with its state
+    if not norm.custom.closed_form:
+        fn = norm.bind(norm.custom, eps=EPS, groups=groups)
         return [
-            Candidate("autodiff", "custom", core.weight_norm),
-            Candidate("autodiff +jit", "custom", core.weight_norm, jit=True),
-            Candidate("tf.nn.l2_normalize * g", "builtin", builtin.weight_norm_l2),
-        ]
-    else:
-        raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
+            Candidate("autodiff", "custom", fn),
+            Candidate("autodiff +jit", "custom", fn, jit=True),
+        ] + builtins
+
+    def custom(backward):
+        return norm.bind(norm.custom, eps=EPS, groups=groups, backward=backward)
 
     result = [
         Candidate("closed_form", "custom", custom("closed_form")),
@@ -138,9 +123,10 @@ def candidates(norm: str, shape: Sequence[int], variants: bool) -> list[Candidat
         Candidate("autodiff +jit", "custom", custom("autodiff"), jit=True),
     ]
     if variants:
-        # Other forms of the closed-form primitive, to justify the default's choices.
+        axes = _normalized_axes(norm, len(shape))
+
         def variant(**options):
-            if norm != "group":
+            if not groups:
                 return lambda x, g, b: closed_form.standardize(x, g, b, axes, EPS, **options)[0]
             grouped = list(shape[:-1]) + [groups, shape[-1] // groups]
 
@@ -165,18 +151,19 @@ def candidates(norm: str, shape: Sequence[int], variants: bool) -> list[Candidat
 
 
 def make_inputs(norm: str, shape: Sequence[int], dtype: tf.DType, seed: int = 0):
-    """x (or v) and the cotangent dy in `dtype`; parameters in float32, as under mixed precision."""
+    """x (or v) and the cotangent dy in `dtype`; parameters in float32, as under mixed precision:
+    around their registry initial value (1 for scales, 0 for offsets, weight norm's g ~ U[0.5, 2])."""
     rng = np.random.default_rng(seed)
     x = tf.cast(rng.normal(0.5, 2.0, shape), dtype)
     dy = tf.cast(rng.normal(size=shape), dtype)
     c = shape[-1]
-    if norm == "weight":
-        params = [tf.constant(rng.uniform(0.5, 2.0, c), tf.float32)]
-    else:
-        params = [
-            tf.constant(rng.normal(1.0, 0.3, c), tf.float32),
-            tf.constant(rng.normal(0.0, 0.3, c), tf.float32),
-        ]
+    params = [
+        tf.constant(
+            rng.uniform(0.5, 2.0, c) if p.initial is None else rng.normal(p.initial, 0.3, c),
+            tf.float32,
+        )
+        for p in registry.NORMS[norm].params
+    ]
     return x, params, dy
 
 
@@ -283,14 +270,11 @@ def run(args) -> dict:
     reference_gbps = bandwidth_before["tf_reduce_sum_read_gbps"]
     results, summary = [], []
     for norm in args.norms:
+        kernel = registry.NORMS[norm].target == registry.KERNEL
         if args.suite == "cnn":
-            shapes = CNN_KERNELS if norm == "weight" else CNN_ACTIVATIONS
+            shapes = CNN_KERNELS if kernel else CNN_ACTIVATIONS
         else:
-            shapes = (
-                SWEEP_KERNELS
-                if norm == "weight"
-                else tuple((n, 28, 28, 32) for n in args.sweep_batches)
-            )
+            shapes = SWEEP_KERNELS if kernel else tuple((n, 28, 28, 32) for n in args.sweep_batches)
         for shape in shapes:
             for dtype_name in args.dtypes:
                 dtype = tf.as_dtype(dtype_name)
@@ -355,7 +339,7 @@ def _ratios(medians: dict, kinds: dict, norm: str) -> dict:
     """normlab's default against the fastest built-in, and the fastest custom variant."""
     builtins = {n: t for n, t in medians.items() if kinds[n] == "builtin"}
     customs = {n: t for n, t in medians.items() if kinds[n] == "custom"}
-    default = "autodiff" if norm == "weight" else "closed_form"
+    default = "closed_form" if registry.NORMS[norm].custom.closed_form else "autodiff"
     best_builtin = min(builtins, key=builtins.get)
     best_custom = min(customs, key=customs.get)
     return {

@@ -44,13 +44,9 @@ def batch_norm_and_moments(
         gamma, beta: [C], any float dtype (float32 under mixed precision).
         eps: > 0, added to the variance inside the root. Default 1e-3 as in Keras.
         backward: how the gradient is computed. "closed_form" (the default, because it is
-            the faster): the hand-derived backward pass of core.closed_form, forward and
-            backward each one XLA-compiled function from 2^16 elements, with one-pass
-            statistics shifted by the mean of 1/16 of the batch (error bounded; see
-            core.closed_form). Measured with `python -m bench.ops` on [128, 28, 28, 32]
-            float32, forward+backward: 0.25x the time of "autodiff", 0.75x
-            fused_batch_norm's, 0.33x Keras BatchNormalization's; in bfloat16 1.03x
-            fused_batch_norm's (its forward alone 1.06-1.28x). Second-order gradients raise
+            the faster; `python -m bench.ops` compares them): the hand-derived backward pass
+            of core.closed_form, with one-pass statistics shifted by the mean of 1/16 of the
+            batch (error bounded; see core.closed_form); second-order gradients raise
             NotImplementedError. "autodiff": TensorFlow differentiates the forward op by op,
             with core.moments' corrected two-pass statistics; the readable reference, and it
             supports gradients of gradients.

@@ -15,13 +15,14 @@ over the normalized axes:
     dgamma = sum(dy * xhat),   dbeta = sum(dy)                   (over the axes gamma/beta span)
 
 is written here with basic ops and attached with `tf.custom_gradient`, instead of letting
-autodiff differentiate the forward op by op. What makes it fast (each choice measured with
-`python -m bench.ops`; see bench/README.md):
+autodiff differentiate the forward op by op. What makes it fast (each choice is compared with
+its alternative by `python -m bench.ops`; bench/README.md has the measurements):
 
-* Forward and backward each run as one XLA-compiled function (`tf.function(jit_compile=True)`):
-  a few fused loops over memory instead of one TensorFlow kernel, and one full-size temporary,
-  per op. Below 2^16 elements the XLA launch costs as much as it saves, and the same functions
-  run uncompiled.
+* Forward and backward of an image-shaped input (rank >= 3, at least 2^16 elements) each run
+  as one XLA-compiled function (`tf.function(jit_compile=True)`): a few fused loops over memory
+  instead of one TensorFlow kernel, and one full-size temporary, per op. Smaller inputs, and
+  every [N, C] input (dense layers, an LSTM's gates, whose reductions are short), run the same
+  functions uncompiled: there the XLA launch costs more than fusion saves.
 * Only x (which the caller holds anyway) and the per-slice mean and r are kept for the backward
   pass; x - mean is recomputed inside the backward's loops rather than stored.
 * Adjacent axes with the same role (normalized or not; gamma / beta varying or broadcast) are
@@ -69,8 +70,7 @@ def _sum(p: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
     speed here: XLA's CPU backend writes an elementwise expression out to memory before a long
     reduction of it (then reads it back); a short reduction it fuses with the expression, so
     the only full-size pass is the one reading the inputs. The cast to float64 keeps XLA from
-    merging the two reductions back into one. Measured on [100352, 32] float32: 1.3 ms for
-    sum((x - m)^2) over axis 0 in one reduction, 0.8 ms blocked.
+    merging the two reductions back into one.
     """
     return stats.sum_accurately(p, axes, keepdims=True)
 
@@ -79,8 +79,7 @@ def _sums(ps: Sequence[tf.Tensor], axes: Sequence[int], stacked: bool) -> list[t
     """[_sum(p, axes) for p in ps], for same-shape ps, in one reduction when stacked.
 
     Stacked along a new last axis, the sums are one reduction, which XLA computes in one loop
-    over the inputs instead of one loop per sum (f32 [100352, 32], sum(dy) and
-    sum(dy * (x - m)): 1.2 ms stacked, 1.8 ms separately). Unfused (not compiled), stacking
+    over the inputs instead of one loop per sum. Unfused (not compiled), stacking
     would only add a copy.
     """
     if not stacked or len(ps) == 1:
@@ -120,7 +119,7 @@ def _moments(x: tf.Tensor, axes: Sequence[int], compiled: bool, two_pass: bool):
     unlike E[x^2] - E[x]^2 (m0 = 0), whose amplification grows with (mean / std)^2. For
     typical data mean_S is close to the mean and the amplification close to 1. This saves one
     of the forward's three passes over x (tests/test_core_closed_form.py checks the bound on
-    adversarial data; BUILD_NOTES.md, "Performance", has the time saved).
+    adversarial data).
 
     two_pass: instead the corrected two-pass algorithm of core.stats.moments (m0 = the mean
     of all of x, one more full pass), kept for the benchmark's comparison.
@@ -196,7 +195,7 @@ def _backward(
     grads = (tf.cast(dx, x.dtype), tf.cast(dgamma, gamma.dtype), tf.cast(dbeta, beta.dtype))
     # a, b, c are returned (and dropped by the caller) only so that XLA computes them once:
     # otherwise it fuses their arithmetic, float64 sums included, into the loop over dx and
-    # repeats it for every element (bfloat16 [100352, 32]: 5.7 ms instead of 3.6 ms).
+    # repeats it for every element.
     return grads, (a, b, c)
 
 
@@ -271,10 +270,7 @@ def _merged_layout(x: tf.Tensor, gamma_rank: int, beta_rank: int, axes: Sequence
 
 
 # Below this many elements, XLA's per-call launch cost is as large as what fusion saves, and
-# compiling each new shape costs ~0.12 s. Batch norm forward+backward, uncompiled vs compiled,
-# medians of one run with the cache flushed before each call (as other layers do in a step):
-# [128, 128] 0.79 vs 0.83 ms (bfloat16 0.66 vs 0.74), [64, 100] 0.56 vs 0.59 ms,
-# [16, 28, 28, 32] 2.29 vs 1.46 ms; in session 1, [4, 28, 28, 32] 1.01 vs 0.89 ms.
+# compiling each new shape takes a noticeable fraction of a second.
 _MIN_COMPILED_ELEMENTS = 2**16
 
 
@@ -312,8 +308,8 @@ def standardize(
         axes: the normalized axes, non-negative.
         eps: > 0, inside the root.
         compiled: run forward and backward as XLA-compiled functions (True) or as plain
-            TensorFlow ops (False); None (default) compiles when x has at least 2^16 elements
-            or a size unknown at trace time.
+            TensorFlow ops (False); None (default) compiles an x of rank >= 3 with at least
+            2^16 elements (or a size unknown at trace time).
         two_pass: the corrected two-pass statistics of core.stats.moments instead of the
             default shifted one-pass ones (see _moments; for the benchmark's comparison).
 
@@ -325,7 +321,7 @@ def standardize(
     rank = x.shape.rank
     if compiled is None:
         size = x.shape.num_elements()
-        compiled = size is None or size >= _MIN_COMPILED_ELEMENTS
+        compiled = rank >= 3 and (size is None or size >= _MIN_COMPILED_ELEMENTS)
     merged_shape, roles = _merged_layout(x, gamma.shape.rank, beta.shape.rank, axes)
     merged_axes = tuple(i for i, role in enumerate(roles) if role[0])
     gamma_axes = tuple(i for i, role in enumerate(roles) if not role[1])

@@ -76,16 +76,15 @@ def cross_replica_moments(
 
     No sum of squares of x itself is formed: x - m0 cancels a large common offset exactly, and
     c removes m0's rounding error (c^2 is second order), so the result is as accurate as
-    core.moments on the whole batch on one device: in float32 at an offset of 1e4 (std 1),
-    2.4e-6 relative, the summation's own rounding, where Keras' synchronized
-    E[x^2] - E[x]^2 is off by 2100% (tests/distributed_check.py).
+    core.moments on the whole batch on one device, even at a large offset where Keras'
+    synchronized E[x^2] - E[x]^2 loses the variance entirely (tests/distributed_check.py
+    measures both; BUILD_NOTES.md, "Numerics", has the numbers).
 
     Why not Chan, Golub & LeVeque's pairwise combination of per-replica (n_i, m_i, M2_i),
     M2 = sum_i [M2_i + n_i (m_i - mean)^2]: it is exact in exact arithmetic, but each m_i
     rounded to float32 is off by up to ulp(|mean|) / 2, and that error enters M2 at first
-    order through the replicas' mean differences: 1.8e-4 relative at an offset of 1e4 when
-    the replicas' means differ by half a standard deviation (tests/distributed_check.py
-    measures both). A shared first-pass mean m0 has no such term.
+    order through the replicas' mean differences (tests/distributed_check.py measures it). A
+    shared first-pass mean m0 has no such term.
 
     m0's gradient is stopped: mean and variance do not depend on it (d mean / d m0 =
     1 - 1 = 0, d variance / d m0 = -2c + 2c = 0), so this is exact and leaves the backward pass
@@ -146,6 +145,8 @@ def sync_batch_norm_and_moments(
     beta: tf.Tensor,
     eps: float = 1e-3,
     replica_context: tf.distribute.ReplicaContext | None = None,
+    *,
+    backward: str = "closed_form",
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Training-mode batch norm with the statistics of the global batch (all replicas).
 
@@ -161,7 +162,8 @@ def sync_batch_norm_and_moments(
     The backward pass is TensorFlow's autodiff through these basic ops and the all-reduces.
 
     With one replica in sync (no strategy, a one-device strategy, or a cross-replica context,
-    where x is the whole batch) this is `core.batch_norm_and_moments(x, gamma, beta, eps)`.
+    where x is the whole batch) this is `core.batch_norm_and_moments(x, gamma, beta, eps,
+    backward=backward)`.
 
     Args:
         x: this replica's [N, ..., C] slice, float16, bfloat16, float32 or float64; statistics
@@ -169,6 +171,9 @@ def sync_batch_norm_and_moments(
         gamma, beta: [C], any float dtype (float32 under mixed precision).
         eps: > 0, added to the variance inside the root. Default 1e-3 as in Keras.
         replica_context: as in `cross_replica_moments`.
+        backward: with one replica, the backward pass of `core.batch_norm_and_moments`
+            ("closed_form" or "autodiff"); several replicas always use autodiff through the
+            all-reduces.
 
     Returns:
         (y, mean, variance); mean and variance are [C] in the statistics' dtype and the same on
@@ -193,7 +198,7 @@ def sync_batch_norm_and_moments(
     if context is None or context.num_replicas_in_sync == 1:
         # The local batch is the global batch: the unsynchronized function, with its faster
         # backward pass and its refusal of one value per channel.
-        return batch_norm_and_moments(x, gamma, beta, eps)
+        return batch_norm_and_moments(x, gamma, beta, eps, backward=backward)
     # On several replicas a [1, C] slice is fine: the global batch has one value per replica.
     axes = list(range(x.shape.rank - 1))
     mean, variance = cross_replica_moments(x, axes, context)

@@ -1,7 +1,7 @@
 """Custom vs built-in on the same inputs: forward and gradient differences.
 
-    python -m normlab.core.parity            # the table for every norm, shape and dtype
-    python -m normlab.core.parity --markdown # the same as a Markdown table (BUILD_NOTES.md)
+For every norm of the registry (core/registry.py) and each of its built-ins, on representative
+shapes and every float dtype; `parity.py` (at the repository root) prints the table.
 
 Gradients are taken of sum(y * dy) for a fixed random cotangent dy, not of sum(y): the sum of a
 normalized tensor does not depend on x, so d sum(y)/dx is 0 for both and would compare nothing.
@@ -10,14 +10,13 @@ normalized tensor does not depend on x, so d sum(y)/dx is 0 for both and would c
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from normlab import core
-from normlab.core import builtin
+from normlab.core import registry
+from normlab.core.tables import markdown_table, text_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,43 +28,37 @@ class Case:
     custom: Callable
     reference: Callable
     param_names: tuple[str, ...]  # the arguments after the input, in order
-    groups: int | None = None
+    float64: bool = True  # the built-in supports float64
 
 
-CASES: tuple[Case, ...] = (
-    Case(
-        "batch",
-        "tf.nn.batch_normalization",
-        core.batch_norm,
-        builtin.batch_norm_nn,
-        ("gamma", "beta"),
-    ),
-    Case("batch", "fused_batch_norm", core.batch_norm, builtin.fused_batch_norm, ("gamma", "beta")),
-    Case(
-        "layer",
-        "keras LayerNormalization",
-        core.layer_norm,
-        builtin.layer_norm_keras,
-        ("gamma", "beta"),
-    ),
-    Case(
-        "layer",
-        "keras GroupNormalization(1)",
-        core.layer_norm,
-        builtin.layer_norm_keras_group,
-        ("gamma", "beta"),
-    ),
-    Case(
-        "group",
-        "keras GroupNormalization(4)",
-        core.group_norm,
-        builtin.group_norm_keras,
-        ("gamma", "beta"),
-        groups=4,
-    ),
-    Case("rms", "keras RMSNormalization", core.rms_norm, builtin.rms_norm_keras, ("gamma",)),
-    Case("weight", "tf.nn.l2_normalize * g", core.weight_norm, builtin.weight_norm_l2, ("g",)),
-)
+# Grouped norms are compared with this many groups (a divisor of every shape's channels).
+GROUPS = 4
+
+
+def cases_of(
+    norm: registry.Norm,
+    *,
+    eps: float | None = None,
+    groups: int = GROUPS,
+    backward: str | None = None,
+) -> list[Case]:
+    """normlab's implementation against each built-in of `norm`, with the same settings."""
+    settings = dict(eps=eps, groups=groups if norm.grouped else None, backward=backward)
+    label = f"({groups})" if norm.grouped else ""
+    return [
+        Case(
+            norm.name,
+            builtin.label + label,
+            norm.bind(norm.custom, **settings),
+            norm.bind(builtin, **settings),
+            tuple(p.name for p in norm.params),
+            float64=builtin.float64,
+        )
+        for builtin in norm.builtins
+    ]
+
+
+CASES: tuple[Case, ...] = tuple(c for norm in registry.NORMS.values() for c in cases_of(norm))
 
 # Representative shapes: the CNN's conv activations and dense activations; conv and dense
 # kernels for weight norm.
@@ -87,7 +80,7 @@ class ParityResult:
     grad_rel: dict[str, float]  # input name -> max |custom - builtin| / max |builtin|
 
 
-def _max_rel(a: tf.Tensor, b: tf.Tensor) -> float:
+def max_rel(a: tf.Tensor, b: tf.Tensor) -> float:
     """max |a - b| / max |b|, in float64: an error relative to the reference's scale."""
     a = tf.cast(a, tf.float64)
     b = tf.cast(b, tf.float64)
@@ -103,7 +96,7 @@ def make_inputs(
     rng = np.random.default_rng(seed)
     param_dtype = tf.float64 if dtype == tf.float64 else tf.float32
     channels = shape[-1]
-    name = "v" if case.norm == "weight" else "x"
+    name = "v" if registry.NORMS[case.norm].target == registry.KERNEL else "x"
     inputs = {name: tf.cast(rng.normal(0.5, 2.0, shape), dtype)}
     for p in case.param_names:
         center = 0.0 if p == "beta" else 1.0
@@ -115,14 +108,13 @@ def compare(case: Case, inputs: dict[str, tf.Tensor], seed: int = 1) -> ParityRe
     """Runs custom and built-in on the same inputs and the same cotangent; returns the diffs."""
     names = list(inputs)
     values = [inputs[n] for n in names]
-    extra = {} if case.groups is None else {"groups": case.groups}
     first = values[0]
     dy = tf.cast(np.random.default_rng(seed).normal(size=first.shape), first.dtype)
 
     def run(fn):
         with tf.GradientTape() as tape:
             tape.watch(values)
-            y = fn(*values, **extra)
+            y = fn(*values)
             objective = tf.reduce_sum(tf.cast(y, tf.float64) * tf.cast(dy, tf.float64))
         return y, tape.gradient(objective, values)
 
@@ -135,21 +127,22 @@ def compare(case: Case, inputs: dict[str, tf.Tensor], seed: int = 1) -> ParityRe
         shape=tuple(first.shape.as_list()),
         dtype=first.dtype.name,
         forward_abs=float(tf.reduce_max(diff)),
-        forward_rel=_max_rel(y_custom, y_builtin),
-        grad_rel={n: _max_rel(a, b) for n, a, b in zip(names, g_custom, g_builtin)},
+        forward_rel=max_rel(y_custom, y_builtin),
+        grad_rel={n: max_rel(a, b) for n, a, b in zip(names, g_custom, g_builtin)},
     )
 
 
 def supported(case: Case, dtype: tf.DType) -> bool:
-    """The fused op has no float64 kernel."""
-    return not (case.reference is builtin.fused_batch_norm and dtype == tf.float64)
+    """Whether the built-in has a kernel for `dtype` (fused_batch_norm has none for float64)."""
+    return case.float64 or dtype != tf.float64
 
 
 def table() -> list[ParityResult]:
     """Every case over the representative shapes and dtypes."""
     results = []
     for case in CASES:
-        shapes = KERNEL_SHAPES if case.norm == "weight" else ACTIVATION_SHAPES
+        kernel = registry.NORMS[case.norm].target == registry.KERNEL
+        shapes = KERNEL_SHAPES if kernel else ACTIVATION_SHAPES
         for shape in shapes:
             for dtype in DTYPES:
                 if supported(case, dtype):
@@ -158,6 +151,7 @@ def table() -> list[ParityResult]:
 
 
 def format_table(results: Sequence[ParityResult], markdown: bool = False) -> str:
+    """The results as an aligned text table, or a Markdown one."""
     header = [
         "norm",
         "built-in",
@@ -167,45 +161,16 @@ def format_table(results: Sequence[ParityResult], markdown: bool = False) -> str
         "fwd max rel",
         "grad max rel (per input)",
     ]
-    rows = []
-    for r in results:
-        grads = ", ".join(f"d{n} {v:.1e}" for n, v in r.grad_rel.items())
-        rows.append(
-            [
-                r.norm,
-                r.builtin_name,
-                "x".join(map(str, r.shape)),
-                r.dtype,
-                f"{r.forward_abs:.1e}",
-                f"{r.forward_rel:.1e}",
-                grads,
-            ]
-        )
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header)] + [fmt.format(*row) for row in rows])
-
-
-def main(argv: Sequence[str]) -> int:
-    markdown = "--markdown" in argv
-    unknown = [a for a in argv if a != "--markdown"]
-    if unknown:
-        print(
-            f"unknown arguments {unknown}; usage: python -m normlab.core.parity [--markdown]",
-            file=sys.stderr,
-        )
-        return 2
-    print(
-        f"TensorFlow {tf.__version__}; gradients of sum(y * dy), dy ~ N(0, 1); "
-        "rel = max|custom - builtin| / max|builtin|"
-    )
-    print(format_table(table(), markdown))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    rows = [
+        [
+            r.norm,
+            r.builtin_name,
+            "x".join(map(str, r.shape)),
+            r.dtype,
+            f"{r.forward_abs:.1e}",
+            f"{r.forward_rel:.1e}",
+            ", ".join(f"d{n} {v:.1e}" for n, v in r.grad_rel.items()),
+        ]
+        for r in results
+    ]
+    return markdown_table(header, rows) if markdown else text_table(header, rows)

@@ -9,9 +9,9 @@ import tensorflow as tf
 from normlab.core import _checks
 
 
-# Partial sums cover at most this many elements of one axis (see sum_accurately). 16 measured
-# best under XLA: with 32, its CPU code for bfloat16 inputs ran 3x slower (4.9 vs 1.4 ms on
-# [100352, 32]).
+# Partial sums cover at most this many elements of one axis (see sum_accurately): short enough
+# for XLA to fuse the partial sums with the expression summed (bench/README.md compares block
+# sizes), and each partial sum's float32 rounding stays at most 16 units in the last place.
 _MAX_BLOCK = 16
 
 
@@ -32,18 +32,17 @@ def sum_accurately(x: tf.Tensor, axes: Sequence[int], keepdims: bool = False) ->
     at most 16 terms: the partial sums are added in float64.
 
     Why: a float32 reduction of n terms can be off by up to n * 2^-24 of their magnitude, and
-    TensorFlow's CPU reductions come close to that: summing a channel of a [256, 16, 16, 4]
-    float32 batch (2^16 values near 1e4, total 6.6e8), tf.reduce_sum was off by 1.9e5, and by
-    6.2e5 when the values were 1e4 and 1e4 + 1 (measured, TF 2.21), i.e. a mean off by 3 to 10.
+    TensorFlow's CPU reductions come close to that on large same-sign sums (2^16 values near
+    1e4 give a mean off by units: tests/test_core_numerics.py, test_sums_accumulate_in_float64).
     Statistics built from such sums inherit the error. Here the error is at most ~16 * 2^-24
     of the terms' magnitude, whatever n.
 
     How: one reduced axis of size s with a divisor b in [4, 16] is viewed as [b, s / b] (a free
     reshape) and summed over b in float32 (float32 for float16/bfloat16 input too), then the
-    s / b-times smaller partial sums are cast to float64 and summed over the rest. As fast as a
-    plain float32 reduce_sum ([100352, 32] over axis 0: 1.12 vs 1.18 ms, where casting all of x
-    to float64 took 4.9 ms). Without such an axis (or with unknown sizes) all of x is summed in
-    float64. float64 input is summed as it is.
+    s / b-times smaller partial sums are cast to float64 and summed over the rest: as cheap as a
+    plain float32 sum, where casting all of x to float64 first would cost a full extra pass.
+    Without such an axis (or with unknown sizes) all of x is summed in float64. float64 input is
+    summed as it is.
     """
     axes = sorted(axes)
     if x.dtype == tf.float64:
@@ -89,10 +88,10 @@ def moments(
     Not the one-pass E[x^2] - E[x]^2: in float32 that loses the variance entirely once
     |mean| / std reaches ~1e3 (catastrophic cancellation), and x + 1e4 is an ordinary input
     (unnormalized pixels, a drifting feature). The correction c (Chan, Golub & LeVeque 1983)
-    removes the error the rounded m0 would otherwise add (m0's error squared: 1e-4 relative at
-    an offset of 1e4 in float32). The sums are sum_accurately's (float32 blocks of <= 16 terms,
-    then float64): with plain float32 sums the same algorithm measured 2.2 relative variance
-    error on 2^16 values per channel of 1e4 and 1e4 + 1 (tests/test_core_numerics.py).
+    removes the error the rounded m0 would otherwise add (m0's error, squared, relative to the
+    variance: large at a large offset). The sums are sum_accurately's (float32 blocks of <= 16
+    terms, then float64): with plain float32 sums the same algorithm loses the variance on 2^16
+    values per channel near 1e4 (tests/test_core_numerics.py).
 
     Args:
         x: float16, bfloat16, float32 or float64 tensor.

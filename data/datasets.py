@@ -1,10 +1,14 @@
 """Registry of the image data sets and their loading into memory."""
 
+import contextlib
 import dataclasses
+import logging
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from normlab.data import download
 from normlab.data.errors import DatasetError
 from normlab.data.idx import find_idx_file
 from normlab.data.idx import read_idx
@@ -121,8 +125,11 @@ def load(name: str, data_dir: str | None, validation_size: int) -> Splits:
 
     Fashion-MNIST is read from the four IDX files in `data_dir` when given;
     otherwise from DEFAULT_FASHION_MNIST_DIR when it holds them; otherwise
-    through TFDS (which needs the internet). CIFAR-10 comes only through TFDS,
-    with `data_dir` as TFDS's data directory.
+    through TFDS. CIFAR-10 comes only through TFDS, with `data_dir` as TFDS's
+    data directory. A copy TFDS prepared in its data directory is read without
+    a network; otherwise TFDS downloads one, and where its hosts do not answer
+    the DatasetError comes within seconds, says what to do instead and nothing
+    is left written.
 
     The validation set is `validation_size` examples of the original training
     set chosen by a permutation with the fixed seed VALIDATION_SEED, so it is the
@@ -153,6 +160,14 @@ def load(name: str, data_dir: str | None, validation_size: int) -> Splits:
                 "CIFAR-10 not available: it needs a TFDS download (internet)"
                 " or --data_dir pointing to a TFDS data directory where"
                 " cifar10 was prepared"
+            ),
+            offline=(
+                "CIFAR-10 is not prepared in {root} and cannot be downloaded: {host} does not"
+                " answer ({reason}). Run this command once on a machine with a network (TFDS"
+                " downloads {size} and prepares cifar10 in ~/tensorflow_datasets) and copy"
+                " that directory's cifar10/ into {root}, or pass --data_dir=DIR naming a TFDS"
+                " data directory that holds a prepared copy (DIR/cifar10/{version}/)."
+                " Nothing was written."
             ),
         )
         source = "tfds" if data_dir is None else f"tfds:{data_dir}"
@@ -192,6 +207,12 @@ def _load_fashion_mnist(data_dir):
             " (Debian/Ubuntu) or pass --data_dir=DIR holding the four IDX"
             " files; downloading through TFDS failed"
         ),
+        offline=(
+            f"Fashion-MNIST is neither in {DEFAULT_FASHION_MNIST_DIR} nor prepared in {{root}},"
+            " and TFDS cannot download it: {host} does not answer ({reason}). Install it"
+            " with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass"
+            " --data_dir=DIR holding the four IDX files (.gz or not). Nothing was written."
+        ),
     )
     return arrays, "tfds"
 
@@ -230,33 +251,71 @@ def _read_fashion_mnist_dir(directory):
     )
 
 
-def _load_tfds(name, data_dir, failure):
+def _load_tfds(name, data_dir, failure, offline):
     """Reads the TFDS train and test splits of `name` into numpy arrays.
+
+    A copy already prepared in the data directory is read without any network access. Only
+    when none is there does TFDS download one, and only after the download's hosts answered
+    (download.unreachable_host, bounded in time): without a network TFDS itself would retry
+    for minutes. Whatever a failed download created in the data directory is removed.
 
     Args:
       name: The TFDS name.
       data_dir: TFDS's data directory, or None for its default.
       failure: The start of the DatasetError message if TFDS fails; the reason
         is appended.
+      offline: The DatasetError message when the download's hosts cannot be reached: one
+        paragraph saying what to do instead, formatted with {root} (TFDS's data directory),
+        {host}, {reason}, {size} (of the download) and {version} (of the data set).
 
     Returns:
       (train_x, train_y, test_x, test_y).
     """
+    try:
+        with _tfds_warnings_hidden():
+            try:
+                return _read_tfds(name, data_dir, False, failure)
+            except AssertionError:
+                # TFDS's "could not find data in <data_dir>": not prepared there, so a
+                # download is needed.
+                pass
+            builder = tfds.builder(name, data_dir=data_dir)
+        root = os.fspath(builder.data_dir_root)
+        url_infos = builder.url_infos or {}
+        unreachable = download.unreachable_host(url_infos)
+        if unreachable:
+            size = sum(int(info.size) for info in url_infos.values()) / 2**20
+            raise DatasetError(
+                offline.format(
+                    root=root,
+                    host=unreachable[0],
+                    reason=unreachable[1],
+                    size=f"{size:.0f} MiB",
+                    version=builder.version,
+                )
+            )
+        with download.removed_on_failure(root):
+            return _read_tfds(name, data_dir, True, failure)
+    except DatasetError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        # TFDS fails in many ways (DownloadError, OSError, DatasetNotFoundError, missing
+        # optional modules...): all mean the same thing to the user.
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DatasetError(f"{failure}: {type(e).__name__}: {reason[:300]}") from e
+
+
+def _read_tfds(name, data_dir, allow_download, failure):
+    """(train_x, train_y, test_x, test_y) from tfds.load; TFDS's exceptions propagate."""
     arrays = []
     for split in ("train", "test"):
-        try:
-            ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True)
-            # Batched by hand, not with batch_size=-1: that reads the split size
-            # from info.splits and, when it is unknown (e.g. under
-            # tfds.testing.mock_data), batches by sys.maxsize, which aborts the
-            # process.
-            chunks = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
-        except Exception as e:  # pylint: disable=broad-except
-            # TFDS fails in many ways without network (DownloadError, OSError,
-            # DatasetNotFoundError, missing optional modules...): all mean the same
-            # thing to the user.
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise DatasetError(f"{failure}: {type(e).__name__}: {reason[:300]}") from e
+        ds = tfds.load(
+            name, split=split, data_dir=data_dir, as_supervised=True, download=allow_download
+        )
+        # Batched by hand, not with batch_size=-1: that reads the split size from
+        # info.splits and, when it is unknown (e.g. under tfds.testing.mock_data), batches
+        # by sys.maxsize, which aborts the process.
+        chunks = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
         if not chunks:
             raise DatasetError(
                 f"{failure}: TFDS returned no examples for split {split!r} of {name}"
@@ -264,6 +323,19 @@ def _load_tfds(name, data_dir, failure):
         arrays.append(np.concatenate([images for images, _ in chunks]))
         arrays.append(np.concatenate([labels for _, labels in chunks]))
     return tuple(arrays)
+
+
+@contextlib.contextmanager
+def _tfds_warnings_hidden():
+    """Hides TFDS's absl warnings while it looks for a prepared copy: "Variant folder ... has
+    no dataset_info.json" only says that there is none, the case the caller handles."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_split(info, split, images, labels):

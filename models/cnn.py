@@ -2,148 +2,89 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 
+from normlab.core import registry
+from normlab.models.config import ModelConfig
 from normlab.models.layers import Conv2D, Dense
-from normlab.models.norms import BatchNorm, GroupNorm, LayerNorm, largest_divisor_at_most
-
-ARCHS = ("default", "course")
-NORMS = ("none", "batch", "layer", "weight", "group")
-WN_INITS = ("norm", "data")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Everything that fixes the network's architecture and initial weights.
-
-    Attributes:
-        arch: "default" (3x3 convs of `widths` channels, He init) or "course" (the exercise's
-            starter net: one 5x5 conv of 30 channels, a 100-unit hidden layer, N(0, 0.1) init;
-            `widths`, `dense_units` and the kernel size are then fixed).
-        norm: where "batch", "layer" or "group": a norm module after every conv and the hidden
-            dense layer, before ReLU (their biases are dropped: beta plays that role);
-            "weight": every kernel, logits included, reparameterised as g * v / ||v||.
-        impl: "custom" (core/) or "builtin" (TensorFlow's own).
-        groups: group norm's group count: per layer, the largest divisor of its channels
-            not above this.
-        momentum, eps: batch norm's moving-average momentum; eps of every norm.
-        sync: under tf.distribute, batch norm uses the global batch's statistics (no effect
-            on one device; layer, group and weight norm need no synchronization).
-        backward: the custom norms' gradient: "closed_form" (fast, hand-derived) or
-            "autodiff" (TensorFlow differentiates the forward; the reference).
-    """
-
-    arch: str = "default"
-    norm: str = "batch"
-    impl: str = "custom"
-    widths: tuple[int, ...] = (32, 64)
-    dense_units: int = 128
-    groups: int = 8
-    momentum: float = 0.99
-    eps: float = 1e-3
-    image_shape: tuple[int, int, int] = (28, 28, 1)
-    num_classes: int = 10
-    seed: int = 0
-    sync: bool = False
-    backward: str = "closed_form"
-
-    def resolved(self) -> "ModelConfig":
-        """The config with the course architecture's fixed sizes filled in."""
-        if self.arch == "course":
-            return dataclasses.replace(self, widths=(30,), dense_units=100)
-        return self
-
-    def validate(self) -> None:
-        for field, value, choices in (
-            ("arch", self.arch, ARCHS),
-            ("norm", self.norm, NORMS),
-            ("impl", self.impl, ("custom", "builtin")),
-            ("backward", self.backward, ("closed_form", "autodiff")),
-        ):
-            if value not in choices:
-                raise ValueError(f"{field} must be one of {', '.join(choices)}; got {value!r}")
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ValueError(f"widths must be positive channel counts, got {self.widths}")
-        if len(self.widths) > 4:
-            raise ValueError(f"at most 4 conv blocks (28 pixels halve to 1), got {self.widths}")
-        for field in ("dense_units", "groups", "num_classes"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.eps <= 0.0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+from normlab.models.norms import make_norm
 
 
 class CNN(tf.Module):
     """The classifier; `model(x, training=...)` returns logits.
 
     Layers, in order: conv{i} [+ conv{i}_norm] -> relu -> 2x2 max-pool for each width, then
-    dense1 [+ dense1_norm] -> relu, then logits. `forward(..., collect_stats=True)` also returns
-    the mean and std of every hidden layer's output before ("pre") and after ("post") its norm.
+    dense1 [+ dense1_norm] -> relu, then logits. A norm on activations (batch, layer, group,
+    RMS) follows every conv and the hidden dense layer, before ReLU; a norm that subtracts a
+    mean makes the layer before it bias-free (beta takes that role). A kernel norm (weight
+    norm) reparameterises every kernel, logits included. `--arch=course` is the exercise's
+    starter net (one 5x5 conv of 30 channels, 100 hidden units, N(0, 0.1) init).
+
+    Args:
+        config: the architecture, norm and seed (ModelConfig, or a trainer Config).
+        image_shape: (height, width, channels) of the input.
+        num_classes: the number of logits.
+        compute_dtype: the dtype of the activations (variables stay float32): float32, or
+            bfloat16/float16 under mixed precision; the logits are float32.
     """
 
-    def __init__(self, config: ModelConfig):
-        config = config.resolved()
+    def __init__(
+        self,
+        config: ModelConfig,
+        image_shape: tuple[int, int, int] = (28, 28, 1),
+        num_classes: int = 10,
+        compute_dtype: tf.DType = tf.float32,
+    ):
         config.validate()
+        config = config.resolved()
         super().__init__(name="cnn")
         self.config = config
+        self.compute_dtype = tf.as_dtype(compute_dtype)
+        norm = registry.get(config.norm)
         course = config.arch == "course"
         kernel_size = 5 if course else 3
-        init = "course" if course else "he"
-        wn = config.norm == "weight"
-        normed = config.norm in ("batch", "layer", "group")
-        seed = config.seed
+        on_kernels = norm is not None and norm.target == registry.KERNEL
+        on_activations = norm is not None and norm.target == registry.ACTIVATIONS
+        kernel_norm = norm.bind(norm.implementation(config.norm_impl)) if on_kernels else None
+        hidden_bias = not (on_activations and norm.centers)
 
-        def layer_kwargs(index: int, name: str, bias: bool) -> dict:
+        def affine(index: int, name: str, bias: bool) -> dict:
             return dict(
                 use_bias=bias,
-                weight_norm=wn,
-                impl=config.impl,
-                init=init,
-                seed=tf.constant([seed, index], tf.int64),
+                kernel_norm=kernel_norm,
+                init="course" if course else "he",
+                seed=tf.constant([config.seed, index], tf.int64),
+                name=name,
+            )
+
+        def norm_module(channels: int, name: str):
+            if not on_activations:
+                return None
+            return make_norm(
+                norm,
+                channels,
+                impl=config.norm_impl,
+                eps=config.norm_eps,
+                groups=config.groups,
+                momentum=config.bn_momentum,
+                backward=config.norm_backward,
+                synchronized=config.sync_batch_norm,
                 name=name,
             )
 
         self.convs, self.conv_norms = [], []
-        channels, (height, width, _) = config.image_shape[-1], config.image_shape
+        (height, width, channels) = image_shape
         for i, out in enumerate(config.widths):
             name = f"conv{i + 1}"
-            self.convs.append(
-                Conv2D(kernel_size, channels, out, **layer_kwargs(i, name, bias=not normed))
-            )
-            self.conv_norms.append(self._make_norm(out, f"{name}_norm"))
+            self.convs.append(Conv2D(kernel_size, channels, out, **affine(i, name, hidden_bias)))
+            self.conv_norms.append(norm_module(out, f"{name}_norm"))
             channels, height, width = out, height // 2, width // 2
-        flat = height * width * channels
         n = len(config.widths)
-        self.dense = Dense(flat, config.dense_units, **layer_kwargs(n, "dense1", bias=not normed))
-        self.dense_norm = self._make_norm(config.dense_units, "dense1_norm")
-        self.logits = Dense(
-            config.dense_units, config.num_classes, **layer_kwargs(n + 1, "logits", bias=True)
+        self.dense = Dense(
+            height * width * channels, config.dense_units, **affine(n, "dense1", hidden_bias)
         )
-
-    def _make_norm(self, channels: int, name: str):
-        c = self.config
-        if c.norm == "batch":
-            return BatchNorm(
-                channels,
-                impl=c.impl,
-                momentum=c.momentum,
-                eps=c.eps,
-                sync=c.sync,
-                backward=c.backward,
-                name=name,
-            )
-        if c.norm == "layer":
-            return LayerNorm(channels, impl=c.impl, eps=c.eps, backward=c.backward, name=name)
-        if c.norm == "group":
-            groups = largest_divisor_at_most(channels, c.groups)
-            return GroupNorm(
-                channels, groups, impl=c.impl, eps=c.eps, backward=c.backward, name=name
-            )
-        return None
+        self.dense_norm = norm_module(config.dense_units, "dense1_norm")
+        self.logits = Dense(config.dense_units, num_classes, **affine(n + 1, "logits", True))
 
     def named_layers(self) -> list[tuple[str, tf.Module]]:
         """Every layer with variables, in forward order, by the name used in summaries."""
@@ -155,42 +96,38 @@ class CNN(tf.Module):
         return layers + [(self.logits.name, self.logits)]
 
     def hidden_layer_names(self) -> list[str]:
-        """The layers whose activation statistics `forward` collects."""
+        """The layers whose activations `forward` taps."""
         return [conv.name for conv in self.convs] + [self.dense.name]
 
     def forward(
-        self, x: tf.Tensor, *, training: bool, collect_stats: bool = False
+        self, x: tf.Tensor, *, training: bool, tap: bool = False
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """Logits, and (if collect_stats) {"<layer>/pre_mean": ..., "<layer>/post_std": ...}."""
-        stats = {}
+        """Logits, and (if tap) every hidden layer's output before and after its norm:
+        {"<layer>/pre": tensor, "<layer>/post": tensor} (post = pre without a norm module)."""
+        taps = {}
 
         def normalize(name, norm, h):
             out = h if norm is None else norm(h, training=training)
-            if collect_stats:
-                for when, t in (("pre", h), ("post", out)):
-                    mean, variance = tf.nn.moments(
-                        tf.cast(t, tf.float32), axes=list(range(t.shape.rank))
-                    )
-                    stats[f"{name}/{when}_mean"] = mean
-                    stats[f"{name}/{when}_std"] = tf.sqrt(variance)
+            if tap:
+                taps[f"{name}/pre"], taps[f"{name}/post"] = h, out
             return out
 
-        h = x
+        h = tf.cast(x, self.compute_dtype)
         for conv, norm in zip(self.convs, self.conv_norms):
             h = tf.nn.relu(normalize(conv.name, norm, conv(h)))
             h = tf.nn.max_pool2d(h, ksize=2, strides=2, padding="VALID")
         h = tf.reshape(h, [tf.shape(h)[0], -1])
         h = tf.nn.relu(normalize(self.dense.name, self.dense_norm, self.dense(h)))
-        return self.logits(h), stats
+        return tf.cast(self.logits(h), tf.float32), taps
 
     def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
         return self.forward(x, training=training)[0]
 
     def initialize_from_data(self, x: tf.Tensor, init_scale: float = 1.0) -> None:
         """Weight norm's data-dependent init, layer by layer, on one batch (norm="weight")."""
-        if self.config.norm != "weight":
-            raise ValueError("data-dependent init applies to norm='weight' only")
-        h = x
+        if self.logits.kernel_norm is None:
+            raise ValueError("data-dependent init applies to a kernel norm (norm='weight') only")
+        h = tf.cast(x, tf.float32)
         for conv in self.convs:
             h = tf.nn.max_pool2d(
                 tf.nn.relu(conv.initialize_from_data(h, init_scale)), 2, 2, "VALID"

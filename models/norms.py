@@ -1,21 +1,54 @@
-"""Normalization modules: explicit variables, the core functions or TF's built-ins inside."""
+"""Normalization modules: explicit variables around the function they are given.
+
+A module does not know which implementation it runs: it receives the function (normlab's,
+a TensorFlow built-in, or the cross-replica variant of batch norm) and owns the variables and
+the bookkeeping. `make_norm` picks the functions from the registry (core/registry.py).
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import tensorflow as tf
 
 from normlab import core
-from normlab.core import builtin, builtin_sync
-
-IMPLS = ("custom", "builtin")
+from normlab.core import registry
 
 
-def _check_impl(impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return impl
+class Normalization(tf.Module):
+    """A norm whose statistics are per example (layer, group, RMS norm): the same computation
+    in training and inference, so `training` is accepted and ignored.
+
+    Needs no synchronization under tf.distribute: each example's statistics are its own, so a
+    replica computes exactly what one device would for its examples.
+
+    Args:
+        channels: the size of the last axis; every parameter is one value per channel.
+        fn: `fn(x, *params) -> y`, e.g. `functools.partial(core.layer_norm, eps=1e-3)`.
+        params: the parameters fn takes after x, with their initial values.
+        name: the module's name (summaries and checkpoints use it).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        fn: Callable,
+        params: tuple[registry.Param, ...] = (registry.Param("gamma", 1.0),),
+        *,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        self.fn = fn
+        self.params = [
+            tf.Variable(tf.fill([channels], float(p.initial)), name=p.name) for p in params
+        ]
+        for p, variable in zip(params, self.params):
+            setattr(self, p.name, variable)
+
+    def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
+        del training  # the same computation in training and inference
+        return self.fn(x, *self.params)
 
 
 class BatchNorm(tf.Module):
@@ -25,22 +58,18 @@ class BatchNorm(tf.Module):
     towards them: moving = moving * momentum + batch * (1 - momentum). Inference: y uses the
     moving statistics, which do not change. `training` is a required argument.
 
-    Under `tf.distribute` (MirroredStrategy, MultiWorkerMirroredStrategy), `sync=True` makes
-    "the batch" the global batch: the statistics are all-reduced over the replicas
-    (core.sync_batch_norm_and_moments for impl="custom"; Keras
-    `BatchNormalization(synchronized=True)` for impl="builtin"), so every replica normalizes
-    with, and moves its moving statistics towards, the same values, and one step on R replicas
-    equals one step on one device with the whole batch. Without a strategy `sync` changes
-    nothing. With `sync=False` each replica uses its own slice's statistics.
+    The module is given its functions: `train_fn(x, gamma, beta, eps) -> (y, mean, variance)`
+    and `inference_fn(x, mean, variance, gamma, beta, eps) -> y` (core's by default; a built-in,
+    or core.sync_batch_norm_and_moments for synchronized batch norm: like Sonnet's
+    CrossReplicaBatchNorm, only how the statistics are computed changes).
 
-    Create the module inside `strategy.scope()`; the moving statistics are then mirrored
-    variables, assigned from inside `strategy.run` with an aggregation that says how the
-    replicas' values combine:
+    Under tf.distribute, create the module inside `strategy.scope()`; the moving statistics
+    are then mirrored variables, assigned from inside `strategy.run` with an aggregation that
+    says how the replicas' values combine:
 
-    * sync=True: `ONLY_FIRST_REPLICA`. Every replica computed the same global statistics, so
-      the first replica's value is the value: exact, and no extra communication.
-    * sync=False: `MEAN`. The replicas' values differ; the moving statistics become the mean of
-      the per-replica updates (the mean of the slices' means and of their variances).
+    * synchronized=True (train_fn computes the global batch's statistics):
+      `ONLY_FIRST_REPLICA`: every replica holds the same values, so the first one's is exact.
+    * synchronized=False (each replica's own statistics): `MEAN` of the per-replica updates.
 
     Outside a strategy the aggregation has no effect.
     """
@@ -49,23 +78,24 @@ class BatchNorm(tf.Module):
         self,
         channels: int,
         *,
-        impl: str = "custom",
         momentum: float = 0.99,
         eps: float = 1e-3,
-        sync: bool = False,
-        backward: str = "closed_form",
+        train_fn: Callable = core.batch_norm_and_moments,
+        inference_fn: Callable = core.batch_norm_inference,
+        synchronized: bool = False,
         name: str | None = None,
     ):
         super().__init__(name=name)
-        self.impl = _check_impl(impl)
-        self.backward = backward  # custom impl: "closed_form" or "autodiff" (core/closed_form.py)
-        if not isinstance(sync, bool):
-            raise TypeError(f"sync must be True or False, got {sync!r}")
-        self.sync = sync
+        if not isinstance(synchronized, bool):
+            raise TypeError(f"synchronized must be True or False, got {synchronized!r}")
         self.momentum = momentum
         self.eps = eps
+        self.train_fn = train_fn
+        self.inference_fn = inference_fn
         aggregation = (
-            tf.VariableAggregation.ONLY_FIRST_REPLICA if sync else tf.VariableAggregation.MEAN
+            tf.VariableAggregation.ONLY_FIRST_REPLICA
+            if synchronized
+            else tf.VariableAggregation.MEAN
         )
         self.gamma = tf.Variable(tf.ones([channels]), name="gamma")
         self.beta = tf.Variable(tf.zeros([channels]), name="beta")
@@ -75,105 +105,68 @@ class BatchNorm(tf.Module):
         self.moving_variance = tf.Variable(
             tf.ones([channels]), trainable=False, name="moving_variance", aggregation=aggregation
         )
-        if sync and impl == "builtin":
-            # Build the Keras layer now, in the caller's context, rather than from a replica.
-            builtin_sync.keras_sync_layer(channels, tf.float32, eps)
-
-    def _training_fn(self):
-        if self.sync:
-            if self.impl == "custom":
-                return core.sync_batch_norm_and_moments
-            return builtin_sync.batch_norm_and_moments_keras_sync
-        if self.impl == "custom":
-            return functools.partial(core.batch_norm_and_moments, backward=self.backward)
-        return builtin.fused_batch_norm_and_moments
 
     def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
         if not training:
-            fn = (
-                core.batch_norm_inference
-                if self.impl == "custom"
-                else (builtin.batch_norm_inference_nn)
+            return self.inference_fn(
+                x, self.moving_mean, self.moving_variance, self.gamma, self.beta, self.eps
             )
-            return fn(x, self.moving_mean, self.moving_variance, self.gamma, self.beta, self.eps)
-        y, mean, variance = self._training_fn()(x, self.gamma, self.beta, self.eps)
+        y, mean, variance = self.train_fn(x, self.gamma, self.beta, self.eps)
         # The moving averages are bookkeeping, not part of the function being differentiated.
-        self.moving_mean.assign(
-            core.moving_average_update(self.moving_mean, tf.stop_gradient(mean), self.momentum)
-        )
-        self.moving_variance.assign(
-            core.moving_average_update(
-                self.moving_variance, tf.stop_gradient(variance), self.momentum
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(
+                core.moving_average_update(moving, tf.stop_gradient(batch), self.momentum)
             )
-        )
         return y
-
-
-class LayerNorm(tf.Module):
-    """Layer norm: per example over every axis but the first; per-channel gamma and beta.
-
-    Needs no synchronization under tf.distribute: each example's statistics are its own, so a
-    replica computes exactly what one device would for its examples.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        *,
-        impl: str = "custom",
-        eps: float = 1e-3,
-        backward: str = "closed_form",
-        name: str | None = None,
-    ):
-        super().__init__(name=name)
-        self.impl = _check_impl(impl)
-        self.backward = backward
-        self.eps = eps
-        self.gamma = tf.Variable(tf.ones([channels]), name="gamma")
-        self.beta = tf.Variable(tf.zeros([channels]), name="beta")
-
-    def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
-        del training  # the same computation in training and inference
-        if self.impl == "custom":
-            return core.layer_norm(x, self.gamma, self.beta, self.eps, backward=self.backward)
-        return builtin.layer_norm_keras(x, self.gamma, self.beta, self.eps)
-
-
-class GroupNorm(tf.Module):
-    """Group norm: per example over each group of channels (and all positions).
-
-    Needs no synchronization under tf.distribute: the statistics are per example.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        groups: int,
-        *,
-        impl: str = "custom",
-        eps: float = 1e-3,
-        backward: str = "closed_form",
-        name: str | None = None,
-    ):
-        super().__init__(name=name)
-        self.backward = backward
-        if channels % groups:
-            raise ValueError(f"groups ({groups}) must divide the channels ({channels})")
-        self.impl = _check_impl(impl)
-        self.groups = groups
-        self.eps = eps
-        self.gamma = tf.Variable(tf.ones([channels]), name="gamma")
-        self.beta = tf.Variable(tf.zeros([channels]), name="beta")
-
-    def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
-        del training
-        if self.impl == "custom":
-            return core.group_norm(
-                x, self.gamma, self.beta, self.groups, self.eps, backward=self.backward
-            )
-        return builtin.group_norm_keras(x, self.gamma, self.beta, self.groups, self.eps)
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """The group count used for a layer of n channels: the largest divisor of n <= limit."""
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def make_norm(
+    norm: registry.Norm,
+    channels: int,
+    *,
+    impl: str = "custom",
+    eps: float | None = None,
+    groups: int = 8,
+    momentum: float = 0.99,
+    backward: str = "closed_form",
+    synchronized: bool = False,
+    name: str | None = None,
+) -> tf.Module:
+    """The module applying registry entry `norm` to activations with `channels` channels.
+
+    Args:
+        norm: a registry entry whose target is activations.
+        impl: "custom" (normlab's functions) or "builtin" (the entry's first built-in).
+        eps: inside the root; None: the norm's own default.
+        groups: for grouped norms, the largest divisor of `channels` not above it is used.
+        momentum: moving-average momentum of norms with moving statistics.
+        backward: the gradient of normlab's closed-form norms (core/closed_form.py).
+        synchronized: under tf.distribute, statistics of the global batch (batch norm).
+    """
+    if norm.target != registry.ACTIVATIONS:
+        raise ValueError(f"{norm.name} norm applies to kernels, not activations")
+    implementation = norm.implementation(impl)
+    eps = norm.eps if eps is None else eps
+    if norm.moving_statistics:
+        train_fn = implementation.synchronized if synchronized else implementation.with_moments
+        if implementation.closed_form:
+            train_fn = functools.partial(train_fn, backward=backward)
+        return BatchNorm(
+            channels,
+            momentum=momentum,
+            eps=eps,
+            train_fn=train_fn,
+            inference_fn=implementation.inference,
+            synchronized=synchronized,
+            name=name,
+        )
+    group_count = largest_divisor_at_most(channels, groups) if norm.grouped else None
+    fn = norm.bind(implementation, eps=eps, groups=group_count, backward=backward)
+    module = Normalization(channels, fn, norm.params, name=name)
+    module.groups = group_count
+    return module

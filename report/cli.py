@@ -6,7 +6,7 @@ import sys
 
 from absl import flags
 
-from normlab.report import experiments, pipeline
+from normlab.report import design, pipeline
 
 flags.DEFINE_string(
     "root",
@@ -16,9 +16,9 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "preset",
     "quick",
-    list(experiments.PRESETS),
-    "quick: a few minutes, 1 seed (first look, smoke test); full: the report's numbers, "
-    "about 60-90 min on 2 cores; tiny: for the tests only.",
+    list(design.PRESETS),
+    "quick: ~15 min, fractions of an epoch (first look, smoke test); full: the report's "
+    "numbers, about 3 h on 2 cores; tiny: for the tests only.",
 )
 flags.DEFINE_string("out", "", "Where REPORT.md and figures/ go; empty: --root.")
 flags.DEFINE_string(
@@ -40,32 +40,29 @@ flags.DEFINE_boolean(
     "verbose", False, "Also print the trainer's progress lines (always in <root>/suite.log)."
 )
 FLAGS = flags.FLAGS
+FLAG_NAMES = ["root", "preset", "out", "data_dir", "report_only", "plan", "verbose"]
 
 
 def print_plan(options: pipeline.Options) -> None:
-    from normlab.report.suite import duration, prior_seconds
+    from normlab.report.suite import Estimator, duration
 
-    preset = experiments.PRESETS[options.preset]
-    n_train = len(pipeline.load_data(options).train_x)
-    specs = experiments.plan(preset, options.data_dir, n_train)
-    settings = experiments.describe(preset, n_train)
+    preset = design.PRESETS[options.preset]
+    specs = design.plan(preset, options.data_dir, len(pipeline.load_data(options).train_x))
     print(f"preset {preset.name}: {preset.description}")
-    print(f"  model: {settings['model']}")
-    for section, title in experiments.SECTION_TITLES.items():
-        print(f"  {title}: {settings[section]}")
-    total = 0.0
-    print(f"\n{'#':>3}  {'run':<60} {'sections':<16} {'steps':>6} {'~time':>8}")
+    for section in design.SECTIONS:
+        print(f"  {section}: {design.budget(preset, section)}")
+    estimator, total = Estimator(), 0.0
+    print(f"\n{'#':>3}  {'run':<58} {'sections':<16} {'steps':>6} {'~time':>8}")
     for i, spec in enumerate(specs, 1):
-        seconds = prior_seconds(spec)
+        seconds = estimator.seconds(spec)
         total += seconds
         print(
-            f"{i:>3}  {spec.name:<60} {','.join(spec.sections):<16} "
+            f"{i:>3}  {spec.name:<58} {','.join(spec.sections):<16} "
             f"{spec.config.train_steps:>6} {duration(seconds):>8}"
         )
     print(
-        f"\n{len(specs)} runs, about {duration(total)} of training by the prior cost model "
-        "(report/suite.py: prior_seconds), plus a few minutes of analyses; the ETA switches to "
-        "measured times as runs finish."
+        f"\n{len(specs)} runs, about {duration(total)} of training by a rough prior "
+        "(0.3 ms per example); the ETA switches to measured times as runs finish."
     )
 
 

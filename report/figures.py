@@ -1,7 +1,8 @@
 """The report's figures: one PNG per function, drawn with matplotlib's Agg backend.
 
-Each function takes the tables or curves, writes `<directory>/<name>.png` and returns the file
-name, or returns None when it has nothing to draw (a preset without that section's runs).
+Every mean over seeds is drawn with its 95% confidence interval (a band for curves, error bars
+for points). Each function writes `<directory>/<name>.png` and returns the file name, or None
+when it has nothing to draw.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a training machine
 
-import matplotlib.pyplot as plt
-import numpy as np
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
-from normlab.report.results import Curves, Tables
+from normlab.report import stats  # noqa: E402
 
 COLORS = {
     "none": "#555555",
     "batch": "#1f77b4",
     "layer": "#d62728",
-    "weight": "#2ca02c",
     "group": "#9467bd",
+    "rms": "#ff7f0e",
+    "weight": "#2ca02c",
 }
 DPI = 110
 
@@ -35,265 +37,129 @@ def _save(fig, directory: str, name: str) -> str:
     return name
 
 
-def _mark_diverged(ax, xs: list, norm: str) -> None:
-    """Crosses at the bottom edge of the axes (not at accuracy 0, which would squash the
-    accuracies that matter into the top of the plot)."""
-    ax.plot(
-        xs,
-        [0.03] * len(xs),
-        "x",
-        color=COLORS.get(norm),
-        markersize=10,
-        clip_on=False,
-        transform=ax.get_xaxis_transform(),
-    )
-
-
-def validation_curves(curves: Curves, directory: str) -> str | None:
-    """Section 1: validation accuracy and loss, mean over seeds, band from min to max."""
-    if not any(curves.val.values()):
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for norm, seeds in curves.val.items():
-        if not seeds:
-            continue
-        steps = sorted(set.intersection(*(set(s[0].tolist()) for s in seeds)))
-        for ax, index in zip(axes, (1, 2)):
-            stacked = np.array([np.interp(steps, s[0], s[index]) for s in seeds])
-            ax.plot(steps, stacked.mean(0), color=COLORS.get(norm), label=f"{norm} ({len(seeds)})")
-            if len(seeds) > 1:
-                ax.fill_between(
-                    steps, stacked.min(0), stacked.max(0), color=COLORS.get(norm), alpha=0.2
-                )
-    axes[0].set(xlabel="step", ylabel="validation accuracy", title="validation accuracy")
-    axes[1].set(xlabel="step", ylabel="validation loss", title="validation loss", yscale="log")
-    lows = [s[1].max() for seeds in curves.val.values() for s in seeds]
-    if lows:
-        axes[0].set_ylim(max(0.0, min(lows) - 0.1), None)
-    axes[0].legend(title="norm (seeds)")
-    return _save(fig, directory, "fig1_validation.png")
-
-
-def impl_curves(curves: Curves, directory: str) -> str | None:
-    """Section 2b: custom (solid) vs built-in (dashed) validation accuracy and training loss."""
-    norms = [n for n, impls in curves.impl.items() if len(impls) == 2]
-    if not norms:
-        return None
-    fig, axes = plt.subplots(2, len(norms), figsize=(3.3 * len(norms), 6), squeeze=False)
-    for col, norm in enumerate(norms):
-        for impl, style in (("custom", "-"), ("builtin", "--")):
-            tags = curves.impl[norm][impl]
-            for row, tag in enumerate(("eval/val_accuracy", "train/loss")):
-                if tag in tags:
-                    axes[row][col].plot(
-                        *tags[tag], style, color=COLORS.get(norm), label=impl, alpha=0.85
-                    )
-        axes[0][col].set(title=norm, xlabel="step", ylabel="validation accuracy")
-        axes[1][col].set(xlabel="step", ylabel="training loss", yscale="log")
-        axes[0][col].legend()
-    return _save(fig, directory, "fig2_custom_vs_builtin.png")
-
-
-def twin_distances(curves: Curves, directory: str) -> str | None:
-    """Section 2b: relative parameter distance of each twin to the custom model, per step."""
-    if not curves.twins:
-        return None
-    fig, axes = plt.subplots(
-        1, len(curves.twins), figsize=(3.3 * len(curves.twins), 3.6), squeeze=False
-    )
-    for ax, (norm, twin) in zip(axes[0], curves.twins.items()):
-        steps = np.array(twin["steps"])
-        for name, style in (("builtin", "-"), ("perturbed", ":")):
-            d = np.array(twin["distance"][name], dtype=float)
-            ax.plot(
-                steps[d > 0],
-                d[d > 0],
-                style,
-                color=COLORS.get(norm),
-                label="built-in" if name == "builtin" else "custom, 1 ulp moved",
-            )
-        ax.set(
-            title=norm,
-            xlabel="step",
-            ylabel="||theta - theta_custom|| / ||theta_custom||",
-            yscale="log",
+def _band(ax, steps, per_seed: np.ndarray, color, label) -> None:
+    """Mean over seeds (rows) with the 95% t interval at each step."""
+    mean = per_seed.mean(0)
+    ax.plot(steps, mean, color=color, label=label)
+    if len(per_seed) > 1:
+        half = (
+            stats.t_quantile(0.975, len(per_seed) - 1)
+            * per_seed.std(0, ddof=1)
+            / np.sqrt(len(per_seed))
         )
+        ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.2)
+
+
+def validation_curves(panels: list[tuple[str, object]], directory: str, name: str) -> str | None:
+    """Validation accuracy and loss per norm for each (title, Comparison) panel."""
+    panels = [(t, c) for t, c in panels if c is not None and any(c.curves.values())]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.5 * len(panels), 7), squeeze=False)
+    for col, (title, comparison) in enumerate(panels):
+        lows = []
+        for norm, seeds in comparison.curves.items():
+            if not seeds:
+                continue
+            steps = sorted(set.intersection(*(set(s[0].tolist()) for s in seeds)))
+            for row, index in ((0, 1), (1, 2)):
+                per_seed = np.array([np.interp(steps, s[0], s[index]) for s in seeds])
+                _band(axes[row][col], steps, per_seed, COLORS.get(norm), f"{norm} ({len(seeds)})")
+            lows.append(min(float(np.max(s[1])) for s in seeds))
+        axes[0][col].set(title=f"{title}: validation accuracy", xlabel="step", ylabel="accuracy")
+        if lows:
+            axes[0][col].set_ylim(max(0.0, min(lows) - 0.08), None)
+        axes[1][col].set(title=f"{title}: validation loss", xlabel="step", ylabel="loss",
+                         yscale="log")
+        axes[0][col].legend(title="norm (seeds)", fontsize=8)
+    return _save(fig, directory, name)
+
+
+def _errorbar(ax, xs, estimates, color, label) -> None:
+    xs = [x for x, e in zip(xs, estimates) if e is not None]
+    es = [e for e in estimates if e is not None]
+    if not es:
+        return
+    means = np.array([e.mean for e in es])
+    low = np.array([e.mean - e.low if e.n > 1 else 0.0 for e in es])
+    high = np.array([e.high - e.mean if e.n > 1 else 0.0 for e in es])
+    ax.errorbar(xs, means, yerr=[low, high], color=color, marker="o", capsize=3, label=label)
+
+
+def sweeps(panels: list[tuple[str, list, str]], directory: str, name: str) -> str | None:
+    """Test accuracy against a swept setting, per norm, 95% intervals as error bars; crosses at
+    the bottom mark settings where a seed diverged; batch norm's batch-statistics accuracy
+    dashed."""
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, cells, xlabel) in zip(axes[0], panels):
+        for norm in dict.fromkeys(c.norm for c in cells):
+            mine = [c for c in cells if c.norm == norm]
+            xs = [c.setting for c in mine]
+            _errorbar(ax, xs, [c.test_acc for c in mine], COLORS.get(norm), norm)
+            if any(c.batch_stats_acc for c in mine):
+                ests = [c.batch_stats_acc for c in mine]
+                ax.plot([x for x, e in zip(xs, ests) if e], [e.mean for e in ests if e], "--",
+                        color=COLORS.get(norm), label=f"{norm}, batch statistics at test")
+            crosses = [c.setting for c in mine if c.diverged]
+            if crosses:
+                ax.plot(crosses, [0.03] * len(crosses), "x", color=COLORS.get(norm),
+                        markersize=10, clip_on=False, transform=ax.get_xaxis_transform())
+        ax.set(title=title, xlabel=xlabel, ylabel="test accuracy", xscale="log")
         ax.legend(fontsize=8)
-    return _save(fig, directory, "fig2b_twin_distance.png")
+    return _save(fig, directory, name)
 
 
-def batch_size(tables: Tables, directory: str) -> str | None:
-    """Section 3: test accuracy against batch size; batch norm's two evaluation modes."""
-    if not tables.batch:
+def twins(twin_results: dict, directory: str) -> str | None:
+    """Relative parameter distance of the built-in and one-ulp twins to the custom model."""
+    if not twin_results:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for norm in dict.fromkeys(r.norm for r in tables.batch):
-        rows = sorted((r for r in tables.batch if r.norm == norm), key=lambda r: r.batch_size)
-        ok = [r for r in rows if r.test_acc is not None]
-        axes[0].plot(
-            [r.batch_size for r in ok],
-            [r.test_acc for r in ok],
-            "o-",
-            color=COLORS.get(norm),
-            label=norm,
-        )
-        bad = [r.batch_size for r in rows if r.status == "diverged"]
-        if bad:
-            _mark_diverged(axes[0], bad, norm)
-    axes[0].set(
-        xscale="log",
-        xlabel="batch size",
-        ylabel="test accuracy",
-        title="test accuracy (x at the bottom: diverged)",
-    )
-    sizes = sorted({r.batch_size for r in tables.batch})
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(b) for b in sizes])
-        ax.minorticks_off()
-    axes[0].legend()
-    bn = sorted(
-        (r for r in tables.batch if r.batch_stats_acc is not None), key=lambda r: r.batch_size
-    )
-    if bn:
-        sizes = [r.batch_size for r in bn]
-        axes[1].plot(
-            sizes,
-            [r.inference_acc for r in bn],
-            "o-",
-            color=COLORS["batch"],
-            label="moving statistics (inference)",
-        )
-        axes[1].plot(
-            sizes,
-            [r.batch_stats_acc for r in bn],
-            "s--",
-            color=COLORS["batch"],
-            label="test-batch statistics (training mode)",
-        )
-        axes[1].legend()
-    axes[1].set(
-        xlabel="batch size (training and test batches)",
-        ylabel="test accuracy",
-        title="batch norm: inference vs training mode",
-    )
-    return _save(fig, directory, "fig3_batch_size.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for norm, twin in twin_results.items():
+        steps = twin["steps"][1:]
+        for key, style in (("builtin", "-"), ("perturbed", ":")):
+            values = np.maximum(twin["distance"][key][1:], 1e-12)
+            ax.plot(steps, values, style, color=COLORS.get(norm), label=f"{norm} {key}")
+    ax.set(xlabel="step", ylabel="||theta - theta_custom|| / ||theta_custom||", yscale="log",
+           title="Trained in lock step: built-in (solid) and one-ulp control (dotted)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, directory, "twins.png")
 
 
-def learning_rate(tables: Tables, directory: str) -> str | None:
-    """Section 4: test accuracy against peak learning rate; diverged runs as crosses at the bottom."""
-    if not tables.lr:
+def inside(curves: dict, directory: str) -> str | None:
+    """Each hidden layer's activation std before and after its norm, and its gradient norm."""
+    if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for norm in dict.fromkeys(r.norm for r in tables.lr):
-        rows = sorted((r for r in tables.lr if r.norm == norm), key=lambda r: r.lr)
-        ok = [r for r in rows if r.test_acc is not None]
-        ax.plot(
-            [r.lr for r in ok], [r.test_acc for r in ok], "o-", color=COLORS.get(norm), label=norm
-        )
-        bad = [r.lr for r in rows if r.status == "diverged"]
-        if bad:
-            _mark_diverged(ax, bad, norm)
-    ax.set(
-        xscale="log",
-        xlabel="peak learning rate (SGD, momentum 0.9)",
-        ylabel="test accuracy",
-        title="learning-rate sweep (x at the bottom: diverged)",
-    )
-    ax.legend()
-    return _save(fig, directory, "fig4_learning_rate.png")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for norm, tags in curves.items():
+        for tag, (steps, values) in tags.items():
+            parts = tag.split("/")
+            if tag.startswith("activation/") and parts[2] in ("pre_std", "post_std"):
+                ax = axes[0] if parts[2] == "pre_std" else axes[1]
+            elif tag.startswith("grad_norm/") and parts[1] != "global" and not parts[1].endswith("_norm"):
+                ax = axes[2]
+            else:
+                continue
+            ax.plot(steps, values, color=COLORS.get(norm), alpha=0.7, label=f"{norm} {parts[1]}")
+    for ax, title in zip(axes, ("std before the norm", "std after the norm", "gradient norm")):
+        ax.set(title=title, xlabel="step", yscale="log")
+    axes[2].legend(fontsize=6, ncol=2)
+    return _save(fig, directory, "inside.png")
 
 
-def activations(curves: Curves, directory: str) -> str | None:
-    """Section 5: per-layer activation std before and after the norm, and mean after it."""
-    if not curves.inside:
+def cost(estimates: dict, directory: str) -> str | None:
+    """ms per training step of each model (interleaved benchmark), 95% intervals."""
+    if not estimates:
         return None
-    layers = sorted(
-        {
-            t.split("/")[1]
-            for tags in curves.inside.values()
-            for t in tags
-            if t.startswith("activation/")
-        },
-        key=lambda name: (name.startswith("dense"), name),
-    )
-    stats = (
-        ("pre_std", "std before norm"),
-        ("post_std", "std after norm"),
-        ("post_mean", "mean after norm"),
-    )
-    fig, axes = plt.subplots(len(layers), 3, figsize=(12, 2.8 * len(layers)), squeeze=False)
-    for row, layer in enumerate(layers):
-        for col, (stat, label) in enumerate(stats):
-            ax = axes[row][col]
-            for norm, tags in curves.inside.items():
-                tag = f"activation/{layer}/{stat}"
-                if tag in tags:
-                    ax.plot(*tags[tag], color=COLORS.get(norm), label=norm)
-            ax.set(title=f"{layer}: {label}", xlabel="step")
-            if stat.endswith("std"):
-                ax.set_yscale("log")
-    axes[0][0].legend(fontsize=8)
-    return _save(fig, directory, "fig5_activations.png")
-
-
-def grad_norms(curves: Curves, directory: str) -> str | None:
-    """Section 5: gradient L2 norm of each layer's variables (and all of them) over training."""
-    if not curves.inside:
-        return None
-    # The layers every norm has (convs, dense1, logits); norm layers' own gamma/beta exist
-    # only under batch, layer and group norm.
-    layers = ["global"] + sorted(
-        {
-            t.split("/")[1]
-            for tags in curves.inside.values()
-            for t in tags
-            if t.startswith("grad_norm/")
-            and t != "grad_norm/global"
-            and not t.split("/")[1].endswith("_norm")
-        },
-        key=lambda name: (name.startswith("logits"), name.startswith("dense"), name),
-    )
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.4), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        for norm, tags in curves.inside.items():
-            tag = f"grad_norm/{layer}"
-            if tag in tags:
-                ax.plot(*tags[tag], color=COLORS.get(norm), label=norm)
-        ax.set(title=f"grad norm: {layer}", xlabel="step", yscale="log")
-    axes[0][0].legend(fontsize=8)
-    return _save(fig, directory, "fig5_grad_norms.png")
-
-
-def cost(tables: Tables, directory: str) -> str | None:
-    """Section 6: median training images per second of each norm and implementation."""
-    rows = [r for r in tables.cost if r.rate]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    labels = [f"{r.norm}\n{r.impl}" for r in rows]
-    bars = ax.bar(labels, [r.best for r in rows], color=[COLORS.get(r.norm) for r in rows])
-    for bar, r in zip(bars, rows):
-        if r.impl == "builtin":
-            bar.set_hatch("//")
-    ax.set(ylabel="training images / s", title="throughput (hatched: built-in)")
-    return _save(fig, directory, "fig6_cost.png")
-
-
-def draw_all(tables: Tables, curves: Curves, directory: str) -> dict[str, str]:
-    """Every figure that has data: {figure key: file name in directory}."""
-    out = {}
-    for key, make in (
-        ("validation", lambda: validation_curves(curves, directory)),
-        ("impl", lambda: impl_curves(curves, directory)),
-        ("twins", lambda: twin_distances(curves, directory)),
-        ("batch", lambda: batch_size(tables, directory)),
-        ("lr", lambda: learning_rate(tables, directory)),
-        ("activations", lambda: activations(curves, directory)),
-        ("grads", lambda: grad_norms(curves, directory)),
-        ("cost", lambda: cost(tables, directory)),
-    ):
-        name = make()
-        if name:
-            out[key] = name
-    return out
+    keys = sorted(estimates)
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(keys) + 1.5))
+    for i, key in enumerate(keys):
+        e = estimates[key]
+        norm = key.split("/")[1]
+        xerr = [[e.mean - e.low], [e.high - e.mean]] if e.n > 1 else None
+        ax.barh(i, e.mean, xerr=xerr, color=COLORS.get(norm), alpha=0.8, capsize=3)
+    ax.set_yticks(range(len(keys)), keys, fontsize=8)
+    ax.set(xlabel="ms per training step (batch of the runs)", title="Cost per step")
+    return _save(fig, directory, "cost.png")

@@ -4,8 +4,9 @@
     python -m scripts.kill_resume --kills=6 --steps=240 # what CI runs (tests/test_kill_resume.py)
 
 It trains a small model on synthetic IDX data: once uninterrupted, and once killed with SIGKILL
-`--kills` times and restarted after each kill with the same --model_dir. Half the kills land at
-a random moment, half the instant a checkpoint save is under way (a `*_temp` directory exists).
+`--kills` times and restarted after each kill with the same --model_dir. Half the kills land
+after a random number of training steps, half the instant a checkpoint save is under way (a
+`*_temp` directory exists).
 After every kill it checks that the checkpoint state names a complete checkpoint; at the end,
 that the final weights are bitwise those of the uninterrupted run, at most --max_to_keep
 checkpoints remain, no `*_temp` directory is left, and every training step appears once in
@@ -75,27 +76,37 @@ def _complete(checkpoint_dir: str, name: str) -> bool:
 def _kill_once(
     model_dir: str, flags: list[str], mid_save: bool, rng: random.Random, timeout: float
 ) -> tuple[bool, str]:
-    """Starts training and SIGKILLs it; returns (killed, how). False: it finished first."""
+    """Starts training and SIGKILLs it; returns (killed, how). False: it finished first.
+
+    A random kill comes after a random number of training steps (read from the progress
+    lines, one per step), not after a random wall time, so it lands at any point of the run
+    whatever the machine's load. A mid-save kill comes as soon as a checkpoint's temporary
+    directory appears; the directory is polled every half millisecond (sleeping in between,
+    so the poll does not take a core from the training it watches).
+    """
     proc = _train(model_dir, flags)
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
     deadline = time.monotonic() + timeout
     try:
-        for line in proc.stdout:  # wait until it trains
+        steps_before_kill = 1 if mid_save else rng.randint(1, 6)
+        for line in proc.stdout:  # wait until it has trained that many steps
             if line.startswith("step "):
-                break
-        if mid_save:
-            while proc.poll() is None and time.monotonic() < deadline:
-                if os.path.isdir(checkpoint_dir) and any(
-                    "_temp" in n for n in os.listdir(checkpoint_dir)
-                ):
-                    proc.send_signal(signal.SIGKILL)
-                    return True, "mid-save"
-            return False, "finished"
-        time.sleep(rng.uniform(0.0, 1.5))
+                steps_before_kill -= 1
+                if steps_before_kill == 0:
+                    break
         if proc.poll() is not None:
             return False, "finished"
-        proc.send_signal(signal.SIGKILL)
-        return True, "random"
+        if not mid_save:
+            proc.send_signal(signal.SIGKILL)
+            return True, "random"
+        while proc.poll() is None and time.monotonic() < deadline:
+            if os.path.isdir(checkpoint_dir) and any(
+                "_temp" in n for n in os.listdir(checkpoint_dir)
+            ):
+                proc.send_signal(signal.SIGKILL)
+                return True, "mid-save"
+            time.sleep(0.0005)
+        return False, "finished"
     finally:
         proc.kill()
         proc.wait()
@@ -109,16 +120,21 @@ def _variables(checkpoint_prefix: str) -> dict:
     return {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
-        if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")
+        # The model's state only: not the bookkeeping (save counter, training wall time).
+        if "save_counter" not in name
+        and "train_seconds" not in name
+        and not name.startswith("_CHECKPOINTABLE")
     }
 
 
 def _summary_steps(logdir: str) -> list[int]:
     from tensorboard.backend.event_processing import event_accumulator
 
+    from normlab.trainer.summaries import LOSS
+
     acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
-    return [e.step for e in acc.Tensors("train/loss")]
+    return [e.step for e in acc.Tensors(LOSS)]
 
 
 def run(args) -> dict:

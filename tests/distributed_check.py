@@ -25,7 +25,7 @@ import tensorflow as tf
 from normlab import core
 from normlab import models
 from normlab.core import builtin_sync
-from tests import reference as ref
+from normlab.core import reference as ref
 
 SUM = tf.distribute.ReduceOp.SUM
 EPS = 1e-3
@@ -126,6 +126,7 @@ def check_moments(h: Harness) -> dict:
     b = rng.normal(310.0, 50.0, (16, 6)).astype(np.float16)
     res = h.run(lambda x: core.cross_replica_moments(x, [0]), (a, b))
     whole = np.concatenate([a, b]).astype(np.float64)
+    out["moments/float16/mean_rel"] = _max_rel(res[0][0], whole.mean(axis=0))
     out["moments/float16/var_rel"] = _max_rel(res[0][1], whole.var(axis=0))
     out["moments/float16/stats_are_float32"] = float(res[0][1].dtype == np.float32)
     return out
@@ -250,29 +251,13 @@ def check_offset(h: Harness) -> dict:
 
 
 def _cnn(impl: str, sync: bool) -> models.CNN:
-    """The small CNN (8-channel conv, 16 hidden units) with batch norm, optionally synchronized.
-
-    ModelConfig has no sync field (the trainer's owner will add one), so the norm modules are
-    replaced by synchronized ones with the same settings and names; their initial values are
-    the constants 1 and 0 either way.
-    """
-    model = models.CNN(models.ModelConfig(norm="batch", impl=impl, widths=(8,), dense_units=16))
-    if sync:
-        c = model.config
-
-        def synced(norm):
-            return models.BatchNorm(
-                norm.gamma.shape[0],
-                impl=impl,
-                momentum=c.momentum,
-                eps=c.eps,
-                sync=True,
-                name=norm.name,
-            )
-
-        model.conv_norms = [synced(n) for n in model.conv_norms]
-        model.dense_norm = synced(model.dense_norm)
-    return model
+    """The small CNN (8-channel conv, 16 hidden units) with batch norm, optionally synchronized
+    (the model's sync_batch_norm setting, which picks the cross-replica statistics)."""
+    return models.CNN(
+        models.ModelConfig(
+            norm="batch", norm_impl=impl, widths=(8,), dense_units=16, sync_batch_norm=sync
+        )
+    )
 
 
 def _norm_state(model) -> dict:
@@ -378,7 +363,7 @@ def check_training_step(h: Harness) -> dict:
                 for v in pair
             )
         )
-    m = single.config.momentum
+    m = single.config.bn_momentum
     # Unsynchronized: the first norm's moving variance is the mean of the halves' updates,
     # not the update towards the global batch's variance.
     local = replicated[("custom", False)][0].conv_norms[0]

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from normlab import data
-from tests import reference as ref
+from normlab.core import reference as ref
 
 NORM_LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization")
 
@@ -106,7 +106,7 @@ def norm_layer_inputs(keras_model, ours_model, x):
 
 def reference(layer, x, dy, training=True):
     """(y, dx, d weights...) of sum(layer(x) * dy) in NumPy float64, from the layer's config
-    and weights: the formulas of tests/reference.py over the layer's axes (batch norm with the
+    and weights: the formulas of core/reference.py over the layer's axes (batch norm with the
     moving statistics unless training)."""
     x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
     kind, rank = type(layer).__name__, x.ndim

@@ -1,11 +1,14 @@
 """core/ against TensorFlow's own implementations, and the parity table's machinery."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from normlab import core
-from normlab.core import builtin, parity
+from normlab.core import builtin, parity, registry
+from tests.fixtures import run_program
 from tests.numerics import tolerance
 
 
@@ -101,9 +104,15 @@ def test_keras_references_work_inside_tf_function():
         np.testing.assert_allclose(fn(x), core.group_norm(x, gamma, beta, 2), atol=1e-5)
 
 
-def test_parity_table_command_prints_every_norm(capsys):
-    assert parity.main([]) == 0
-    out = capsys.readouterr().out
-    for norm in ("batch", "layer", "group", "rms", "weight"):
-        assert f"\n{norm} " in out
-    assert parity.main(["--bogus"]) == 2
+def test_parity_program_prints_every_norm_and_built_in():
+    """parity.py, as a user runs it: a row per registry norm x built-in; bad flags exit 2."""
+    result = run_program("parity.py")
+    assert result.returncode == 0, result.stderr
+    for norm in registry.NORMS.values():
+        for implementation in norm.builtins:
+            assert re.search(rf"^{norm.name} +{re.escape(implementation.label)}", result.stdout, re.M), (
+                norm.name,
+                implementation.label,
+            )
+    bad = run_program("parity.py", "--bogus")
+    assert bad.returncode == 2 and "--help" in bad.stderr

@@ -10,40 +10,43 @@ import tensorflow as tf
 
 from normlab import core
 from normlab.core import builtin_sync
-from normlab.models import BatchNorm
-from tests import reference as ref
+from normlab.core import registry
+from normlab.models import BatchNorm, make_norm
+from normlab.core import reference as ref
 from tests.numerics import ALL_DTYPES, assert_close, quantized
 
 EPS = 1e-3
+
+
+def _stats_dtype(dtype: tf.DType) -> tf.DType:
+    return tf.float64 if dtype == tf.float64 else tf.float32
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize(
     "shape,axes", [((16, 12), [0]), ((8, 5, 5, 6), [0, 1, 2]), ((4, 3, 7), [0, -1])], ids=str
 )
-def test_moments_outside_a_strategy_equal_core_moments(shape, axes, dtype):
-    """The default replica context has one replica: no all-reduce, the very same numbers."""
-    x = tf.cast(np.random.default_rng(0).normal(0.7, 1.9, shape), dtype)
-    canonical = sorted(a % len(shape) for a in axes)
+def test_moments_outside_a_strategy_match_numpy(shape, axes, dtype):
+    """The default replica context has one replica: the moments of x itself, against NumPy
+    float64 on the same values (not against core.moments, which this path calls)."""
+    x, x64 = quantized(np.random.default_rng(0).normal(0.7, 1.9, shape), dtype)
+    canonical = tuple(sorted(a % len(shape) for a in axes))
     for keepdims in (False, True):
-        got = core.cross_replica_moments(x, axes, keepdims=keepdims)
-        expected = core.moments(x, canonical, keepdims=keepdims)
-        for g, e in zip(got, expected):
-            assert g.dtype == e.dtype == (tf.float64 if dtype == tf.float64 else tf.float32)
-            np.testing.assert_array_equal(g, e)
+        mean, var = core.cross_replica_moments(x, axes, keepdims=keepdims)
+        assert mean.dtype == var.dtype == _stats_dtype(dtype)
+        assert_close(mean, x64.mean(axis=canonical, keepdims=keepdims), _stats_dtype(dtype))
+        assert_close(var, x64.var(axis=canonical, keepdims=keepdims), _stats_dtype(dtype))
 
 
 def test_moments_with_an_explicit_context_and_a_one_device_strategy():
-    x = tf.constant(np.random.default_rng(1).normal(size=(6, 4)), tf.float32)
-    expected = core.moments(x, [0])
-    got = core.cross_replica_moments(x, [0], tf.distribute.get_replica_context())
-    np.testing.assert_array_equal(got, expected)
+    x, x64 = quantized(np.random.default_rng(1).normal(size=(6, 4)), tf.float32)
+    mean, var = core.cross_replica_moments(x, [0], tf.distribute.get_replica_context())
+    assert_close(mean, x64.mean(0), tf.float32)
+    assert_close(var, x64.var(0), tf.float32)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    got = strategy.run(tf.function(lambda a: core.cross_replica_moments(a, [0])), args=(x,))
-    # Against core.moments in a tf.function too: graph optimizations may round the last bit of
-    # the float64 sums' division differently from eager execution.
-    np.testing.assert_array_equal(got, tf.function(lambda a: core.moments(a, [0]))(x))
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    mean, var = strategy.run(tf.function(lambda a: core.cross_replica_moments(a, [0])), args=(x,))
+    assert_close(mean, x64.mean(0), tf.float32)
+    assert_close(var, x64.var(0), tf.float32)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: d.name)
@@ -85,8 +88,8 @@ def test_bad_arguments_are_named():
     # One value per channel on one replica: the variance is 0 whatever x is.
     with pytest.raises(ValueError, match="one value per channel"):
         core.sync_batch_norm_and_moments(tf.ones([1, 6]), tf.ones([6]), tf.zeros([6]))
-    with pytest.raises(TypeError, match="sync must be True or False"):
-        BatchNorm(6, sync="yes")
+    with pytest.raises(TypeError, match="synchronized must be True or False"):
+        BatchNorm(6, synchronized="yes")
 
 
 def test_keras_sync_outside_a_strategy_matches_custom_on_ordinary_data():
@@ -120,12 +123,13 @@ def test_keras_sync_loses_the_variance_at_a_large_offset():
     assert np.max(np.abs(np.asarray(keras) - exact) / exact) > 0.1
 
 
-@pytest.mark.parametrize("impl", ["custom", "builtin"])
+@pytest.mark.parametrize("impl", registry.IMPLS)
 def test_sync_batch_norm_module_outside_a_strategy_is_unchanged(impl):
     x = tf.constant(np.random.default_rng(5).normal(2.0, 3.0, (32, 3, 3, 4)), tf.float32)
+    norm = registry.NORMS["batch"]
     plain, synced = (
-        BatchNorm(4, impl=impl, momentum=0.9),
-        BatchNorm(4, impl=impl, momentum=0.9, sync=True),
+        make_norm(norm, 4, impl=impl, momentum=0.9, synchronized=False),
+        make_norm(norm, 4, impl=impl, momentum=0.9, synchronized=True),
     )
     np.testing.assert_allclose(synced(x, training=True), plain(x, training=True), atol=1e-5)
     for a, b in (

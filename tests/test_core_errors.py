@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from normlab import core
+from normlab.core import registry
 
 X = tf.zeros([4, 3, 3, 6])
 G = tf.ones([6])
@@ -22,34 +23,42 @@ B = tf.zeros([6])
     ],
     ids=["tf-int32", "np-int64", "string", "list-int", "bool"],
 )
+def _custom(norm: registry.Norm):
+    """normlab's function of (x, *params), as the registry binds it (2 groups if grouped)."""
+    return norm.bind(norm.custom, groups=2)
+
+
+def _params(norm: registry.Norm, channels: int = 6) -> list[tf.Tensor]:
+    return [tf.ones([channels]) for _ in norm.params]
+
+
+def _input_name(norm: registry.Norm) -> str:
+    return "v" if norm.target == registry.KERNEL else "x"
+
+
 @pytest.mark.parametrize(
-    "fn",
+    "bad",
     [
-        lambda x: core.batch_norm(x, tf.ones([6]), tf.zeros([6])),
-        lambda x: core.layer_norm(x, tf.ones([6]), tf.zeros([6])),
-        lambda x: core.group_norm(x, tf.ones([6]), tf.zeros([6]), 2),
-        lambda x: core.rms_norm(x, tf.ones([6])),
-        lambda x: core.weight_norm(x, tf.ones([6])),
+        tf.zeros([4, 6], tf.int32),
+        np.zeros([4, 6], np.int64),
+        tf.constant([["a"] * 6] * 4),
+        [[1, 2], [3, 4]],
+        tf.zeros([4, 6], tf.bool),
     ],
-    ids=["batch", "layer", "group", "rms", "weight"],
+    ids=["tf-int32", "np-int64", "string", "list-int", "bool"],
 )
-def test_non_float_input_is_a_type_error(fn, bad):
+@pytest.mark.parametrize("name", list(registry.NORMS))
+def test_non_float_input_is_a_type_error(name, bad):
+    norm = registry.NORMS[name]
     with pytest.raises(TypeError, match="floating-point"):
-        fn(bad)
+        _custom(norm)(bad, *_params(norm))
 
 
-@pytest.mark.parametrize(
-    "fn,arg",
-    [
-        (lambda: core.batch_norm(tf.zeros([6]), G, B), "x"),
-        (lambda: core.layer_norm(tf.zeros([6]), G, B), "x"),
-        (lambda: core.group_norm(tf.zeros([6]), G, B, 2), "x"),
-        (lambda: core.weight_norm(tf.zeros([6]), G), "v"),
-    ],
-)
-def test_rank_below_two(fn, arg):
-    with pytest.raises(ValueError, match=f"{arg} must have rank >= 2"):
-        fn()
+@pytest.mark.parametrize("name", list(registry.NORMS))
+def test_rank_below_two(name):
+    norm = registry.NORMS[name]
+    with pytest.raises(ValueError, match=f"{_input_name(norm)} must have rank >= 2"):
+        _custom(norm)(tf.zeros([6]), *_params(norm))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from normlab import core
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.numerics import ALL_DTYPES, assert_close, quantized
 
 SHAPES = [(16, 12), (8, 5, 5, 6), (4, 3, 7, 7, 4)]  # dense, NHWC, 5-D

@@ -4,7 +4,7 @@ A variable (keras.Variable, tf.Variable, mirrored ones) must stay in the graph: 
 must reach it, eagerly and inside tf.function (where Keras' model.fit runs). model.fit traces
 its step with a batch size unknown at trace time whenever the data does not divide into whole
 batches. Each case is compared with the independent NumPy float64 reference of
-tests/reference.py (tolerance from tests/numerics.py); arrays, lists and numbers must give the
+core/reference.py (tolerance from tests/numerics.py); arrays, lists and numbers must give the
 same result as tensors.
 """
 
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from normlab import core
 from normlab.core import closed_form
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.numerics import assert_close
 
 EPS = 1e-3

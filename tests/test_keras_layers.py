@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from normlab import models
-from tests import reference as ref
+from normlab.core import reference as ref
 from tests.keras_fixtures import NORMS, channels_first, cnn, fashion_mnist, max_rel
 from tests.keras_fixtures import norm_layer_inputs, randomize_weights, reference
 from tests.numerics import tolerance

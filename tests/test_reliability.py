@@ -35,7 +35,7 @@ def test_a_live_lock_is_refused_and_a_dead_one_taken_over(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        config = Config(batch_size=32, train_steps=2, widths="8", dense_units=16)
+        config = Config(batch_size=32, train_steps=2, widths=(8,), dense_units=16)
         with pytest.raises(RunError, match=f"in use by another training \\(pid {holder.pid} "):
             Trainer(config, model_dir, splits=tiny_splits())
         assert not os.path.exists(os.path.join(model_dir, "flags.txt"))  # nothing written

@@ -1,7 +1,8 @@
-"""report.py: the suite reuses, resumes and records runs; the report and its findings.
+"""report.py: the suite reuses, resumes and records runs; the report, its claims and statistics.
 
-The suite runs once per module on the `tiny` preset (14 runs of a few steps on the IDX
-fixture, ~45 s on 2 cores); the other tests look at what it left or run it again.
+The suite runs once per module on the `tiny` preset (26 runs of a few steps on the IDX
+fixture); the other tests look at what it left, run it again, or test the statistics and the
+claims on numbers made up to hit each verdict.
 """
 
 import os
@@ -12,13 +13,11 @@ import types
 
 import pytest
 
-from normlab.report import experiments, findings, pipeline, suite
-from normlab.report.results import BatchRow, ImplRow, LrRow, NormRow, Tables
-from tests.fixtures import write_idx_dataset
+from normlab.report import claims, design, pipeline, stats, suite
+from normlab.report.tables import SweepCell
 from normlab.trainer.errors import UsageError
 from normlab.trainer.trainer import Trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.fixtures import ROOT, write_idx_dataset
 
 
 class _Crash(Exception):
@@ -35,7 +34,7 @@ def _run_files(root):
     out = {}
     for name in os.listdir(root):
         run = os.path.join(root, name)
-        if not (os.path.isdir(run) and name.startswith("norm-")):
+        if not (os.path.isdir(run) and name.startswith(("default_", "lstm_"))):
             continue
         for dirpath, _, files in os.walk(run):
             for f in files:
@@ -52,20 +51,22 @@ def done(tmp_path_factory):
     write_idx_dataset(data_dir)
     options = pipeline.Options(root=str(base / "runs"), preset="tiny", data_dir=data_dir)
     splits = pipeline.load_data(options)
-    specs = experiments.plan(experiments.PRESETS["tiny"], data_dir, len(splits.train_x))
+    specs = design.plan(design.PRESETS["tiny"], data_dir, len(splits.train_x))
 
-    # A run killed at step 4 of 6: its last checkpoint is step 2 (checkpoints every 2 steps;
-    # the progress line of a step comes before its checkpoint).
-    partial = next(s for s in specs if s.config.norm == "layer" and "norms" in s.sections)
-    assert partial.config.checkpoint_every == 2 and partial.config.train_steps == 6
+    # A run killed at its last step, 16: its last checkpoint is step 8 (checkpoints every 8
+    # steps; the progress line of a step comes before its checkpoint).
+    partial = next(s for s in specs if s.config.norm == "layer" and s.config.batch_size == 4
+                   and s.config.arch == "default")
+    assert partial.config.checkpoint_every == 8 and partial.config.train_steps == 16
 
-    def crash_at_4(line):
-        if line.startswith("step 4/"):
+    def crash_at_16(line):
+        if line.startswith("step 16/"):
             raise _Crash()
 
     with pytest.raises(_Crash):
         Trainer(
-            partial.config, suite.run_dir(options.root, partial), splits=splits, log=crash_at_4
+            partial.config, os.path.join(options.root, partial.name), splits=splits,
+            log=crash_at_16,
         ).train_and_evaluate()
     assert suite.state(options.root, partial) == suite.PARTIAL
 
@@ -81,11 +82,9 @@ def test_every_run_done_the_partial_one_resumed_the_diverged_one_recorded(done):
         assert suite.state(done.options.root, spec) in (suite.COMPLETE, suite.DIVERGED)
     text = "\n".join(done.lines)
     assert f"resuming {done.partial.name}" in text
-    assert re.search(r"resumed from .*ckpt-2 at step 2", text)
-    resumed = suite.load_outcome(done.options.root, done.partial)
-    assert resumed.metrics["step"] == 6
-    assert re.search(r"\[ *\d+/14\] training .* ETA \d+:\d\d:\d\d", text)
-
+    assert re.search(r"resumed from .*ckpt-8 at step 8", text)
+    assert suite.load_outcome(done.options.root, done.partial).metrics["step"] == 16
+    assert re.search(rf"\[ *\d+/{len(done.specs)}\] training .* ETA \d+:\d\d:\d\d", text)
     diverged = [s for s in done.specs if s.config.learning_rate == 1e6]
     assert diverged
     for spec in diverged:
@@ -108,54 +107,47 @@ def test_a_second_invocation_reuses_every_run_and_analysis(done):
         assert record["sessions"] == 1  # the suite trained each once (the crash was before it)
 
 
-def test_report_has_every_section_and_its_figures(done):
+def test_report_has_the_claims_every_section_and_its_figures(done):
     text = _read(done.report)
     for heading in (
-        "## Findings",
-        "## 1. With and without normalization",
-        "## 2. Custom vs TensorFlow built-in",
-        "### 2a.",
-        "### 2b.",
-        "## 3. Batch size",
-        "## 4. Learning rate",
-        "## 5. What normalization does inside the network",
-        "## 6. Cost",
+        "## Findings: the papers' claims, tested",
+        "## Answer",
+        "## CNN: with and without normalization",
+        "## CNN trained to convergence",
+        "## Custom vs TensorFlow's built-ins",
+        "## CNN: batch size",
+        "## CNN: learning rate",
+        "## LSTM: recurrent normalization",
+        "## LSTM: batch size",
+        "## Inside the network",
+        "## Cost",
+        "## Appendix: the runs",
     ):
         assert heading in text, heading
-    for fact in ("--preset=tiny", "Wall time of the suite", "TensorFlow 2.", "cores", "Settings:"):
+    table = re.findall(r"^\| (\d) \| .*\| \*\*(supported|not supported|mixed|not tested)\*\* \|",
+                       text, re.M)
+    assert [int(n) for n, _ in table] == list(range(1, len(claims.CLAIMS) + 1))
+    assert text.count("Budget: ") >= 7  # every section states its budget
+    assert re.search(r"\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]%", text)  # means with intervals
+    for fact in ("--preset=tiny", "Wall time of the suite", "TensorFlow 2.", "commit"):
         assert fact in text, fact
-    links = re.findall(r"\]\((figures/[^)]+\.png)\)", text)
+    links = set(re.findall(r"\]\((figures/[^)]+\.png)\)", text))
     assert len(links) == 8
     for link in links:
-        path = os.path.join(os.path.dirname(done.report), link)
-        assert os.path.getsize(path) > 1000, link
-    assert "*Caveat:* One seed per setting" in text
+        assert os.path.getsize(os.path.join(os.path.dirname(done.report), link)) > 1000, link
 
 
 def test_report_only_writes_the_report_without_training(done):
     before = _run_files(done.options.root)
-    os.remove(done.report)
     out = str(done.base / "published")
     result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "report.py"),
-            f"--root={done.options.root}",
-            "--preset=tiny",
-            f"--data_dir={done.options.data_dir}",
-            "--report_only",
-            f"--out={out}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [sys.executable, os.path.join(ROOT, "report.py"), f"--root={done.options.root}",
+         "--preset=tiny", f"--data_dir={done.options.data_dir}", "--report_only", f"--out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "training" not in result.stdout
-    assert os.path.isfile(os.path.join(out, "REPORT.md"))
-    assert os.path.isfile(os.path.join(out, "figures", "fig1_validation.png"))
+    assert os.path.isfile(os.path.join(out, "figures", "cnn.png"))
     assert _run_files(done.options.root) == before
     assert "--report_only" in _read(os.path.join(out, "REPORT.md"))
 
@@ -167,7 +159,8 @@ def test_report_only_fails_clearly_when_runs_are_missing(done, tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         pipeline.generate(empty, pipeline.Log(empty.root, echo=lambda _: None))
     os.makedirs(empty.root)
-    with pytest.raises(UsageError, match=r"14 of the 14 runs .* are missing or unfinished"):
+    n = len(done.specs)
+    with pytest.raises(UsageError, match=rf"{n} of the {n} runs .* are missing or unfinished"):
         pipeline.generate(empty, pipeline.Log(empty.root, echo=lambda _: None))
     assert set(os.listdir(empty.root)) <= {pipeline.LOG_FILE}  # no run, analysis or report
 
@@ -182,164 +175,96 @@ def test_a_root_holding_runs_of_other_settings_is_refused(done, tmp_path):
     assert _run_files(done.options.root) == before
 
 
+def test_report_program_help_and_plan():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "report.py"), "--help"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and "--preset" in result.stdout and "--report_only" in result.stdout
+
+
 def test_full_preset_design():
-    preset = experiments.PRESETS["full"]
-    specs = experiments.plan(preset, "", 55000)
+    """Seeds everywhere, every section planned, the sweeps' examples equal per batch size."""
+    preset = design.PRESETS["full"]
+    specs = design.plan(preset, "", 55000)
     names = [s.name for s in specs]
-    assert len(names) == len(set(names)) == 59
-    assert len(preset.seeds) >= 3 and set(preset.norms) == {
-        "none",
-        "batch",
-        "layer",
-        "weight",
-        "group",
-    }
-    assert min(preset.batch_sizes) == 2 and max(preset.batch_sizes) == 256
-    assert max(preset.learning_rates) / min(preset.learning_rates) >= 30
-    sweep = [s for s in specs if experiments.SECTION_BATCH in s.sections]
-    for spec in sweep:  # the same examples at every batch size; linear lr scaling
-        assert abs(spec.examples - 55000) < spec.config.batch_size
-        assert spec.config.learning_rate == pytest.approx(0.05 * spec.config.batch_size / 128)
-    shared = [s for s in specs if len(s.sections) > 1]
-    assert {experiments.SECTION_BATCH, experiments.SECTION_LR} <= {
-        x for s in shared for x in s.sections
-    }
-    estimate = sum(suite.prior_seconds(s) for s in specs)
-    assert 45 * 60 < estimate < 90 * 60
+    assert len(names) == len(set(names))
+    for section in design.SECTIONS:
+        cells = {}
+        for spec in (s for s in specs if section in s.sections):
+            c = spec.config
+            key = (c.arch, c.norm, c.norm_impl, c.batch_size, c.learning_rate)
+            cells.setdefault(key, set()).add(c.seed)
+        assert cells, section
+        # Every custom cell has >= 3 seeds; the built-ins are compared at seed 0 (impl, lstm).
+        custom = [seeds for key, seeds in cells.items() if key[2] == "custom"]
+        if section != "impl":
+            assert custom and all(len(seeds) >= 3 for seeds in custom), section
+    for section in ("batch", "lstm_batch"):
+        sweep = [s for s in specs if section in s.sections]
+        examples = {s.examples for s in sweep}
+        assert max(examples) / min(examples) < 1.01, section  # the same examples per size
+    assert min(preset.batch_sizes) <= 2 and {4, 16, 128} <= set(preset.lstm_batch_sizes)
 
 
-def test_estimator_uses_measured_runs():
-    preset = experiments.PRESETS["full"]
-    specs = experiments.plan(preset, "", 55000)
-    a, b = specs[0], next(s for s in specs if s.config.batch_size == 2)
-    estimator = suite.Estimator()
-    assert not estimator.measured and estimator.seconds(a) == suite.prior_seconds(a)
-    estimator.add(suite.Outcome(a, suite.COMPLETE, {}, wall_seconds=2 * suite.prior_seconds(a)))
-    assert estimator.seconds(a) == pytest.approx(2 * suite.prior_seconds(a))
-    assert estimator.seconds(b) == pytest.approx(2 * suite.prior_seconds(b))  # scaled prior
+# -- statistics and verdicts ---------------------------------------------------------------------
 
 
-# -- findings from hand-made tables -----------------------------------------------------------
+def test_t_quantiles_and_intervals():
+    # Student's t 97.5% quantiles (any table): df 1, 2, 4, 30.
+    for df, q in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)):
+        assert stats.t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+    e = stats.mean_ci([1.0, 2.0, 3.0])  # mean 2, sd 1, n 3: half width 4.3027 / sqrt(3)
+    assert (e.mean, e.n) == (2.0, 3)
+    assert e.high - e.mean == pytest.approx(4.3027 / 3**0.5, abs=1e-4)
+    d = stats.difference_ci([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])  # Welch: df 2, se 1 / sqrt(3)
+    assert d.mean == 2.0 and d.low == pytest.approx(2.0 - 4.3027 / 3**0.5, abs=1e-4)
+    assert stats.mean_ci([]) is None and stats.mean_ci([0.5]).n == 1
 
 
-def _tables(bn128, ln128, bn2, ln2, bn_top_lr_ok: bool) -> Tables:
-    t = Tables(preset="hand", seeds=3, norm_epochs=5.0, reference_batch=128, threshold=0.9)
-    t.norms = [
-        NormRow(
-            "none", 3, 0, [0.900, 0.902, 0.898], [0.3] * 3, [0.9] * 3, [800, 900, 1000], [], []
-        ),
-        NormRow("batch", 3, 0, bn128, [0.25] * 3, [0.92] * 3, [300, 320, 340], [], []),
-        NormRow("layer", 3, 0, ln128, [0.26] * 3, [0.91] * 3, [400, 420, 440], [], []),
-    ]
-    t.batch = [
-        BatchRow("batch", 2, 0.00078, 27500, "complete", bn2, None, bn2 - 0.05, bn2),
-        BatchRow("layer", 2, 0.00078, 27500, "complete", ln2, None),
-        BatchRow("batch", 256, 0.1, 214, "complete", 0.90, None, 0.899, 0.90),
-        BatchRow("layer", 256, 0.1, 214, "complete", 0.88, None),
-    ]
-    t.lr = [
-        LrRow("none", 0.05, 429, "complete", 0.88, None),
-        LrRow("none", 1.5, 429, "diverged", None, 7),
-        LrRow("batch", 0.05, 429, "complete", 0.89, None),
-        LrRow(
-            "batch",
-            1.5,
-            429,
-            "complete" if bn_top_lr_ok else "diverged",
-            0.87 if bn_top_lr_ok else None,
-            None if bn_top_lr_ok else 3,
-        ),
-    ]
-    t.impl = [ImplRow("batch", 0.91, 0.912, 0.004, 150, 50)]
-    return t
+def _estimate(low, high):
+    return stats.Estimate((low + high) / 2, low, high, 3)
 
 
-def test_findings_follow_the_numbers():
-    batch_ahead = "\n".join(
-        findings.findings(
-            _tables(
-                [0.925, 0.927, 0.926], [0.910, 0.912, 0.911], bn2=0.80, ln2=0.86, bn_top_lr_ok=True
-            )
-        )
-    )
-    assert "Batch norm is the best normalization" in batch_ahead
-    assert "agrees with the layer-norm paper's section 6.7" in batch_ahead
-    assert "layer norm beats batch norm at batch size 2" in batch_ahead
-    assert "batch norm is ahead at 256" in batch_ahead
-    assert "crossover between B=2 and B=256" in batch_ahead
-    assert "strongly supports the claim that batch norm allows much higher" in batch_ahead
-    assert "92.60% ± 0.10 (3 seeds)" in batch_ahead  # the numbers it rests on are quoted
-
-    layer_ahead = "\n".join(
-        findings.findings(
-            _tables(
-                [0.905, 0.907, 0.906], [0.920, 0.922, 0.921], bn2=0.86, ln2=0.80, bn_top_lr_ok=False
-            )
-        )
-    )
-    assert "Layer norm is the best normalization" in layer_ahead
-    assert "contradicts the layer-norm paper's section 6.7" in layer_ahead
-    assert "layer norm beats batch norm at no batch size" in layer_ahead
-    assert "does not support the claim that batch norm allows much higher" in layer_ahead
-
-    tied = "\n".join(
-        findings.findings(
-            _tables([0.91, 0.93, 0.92], [0.915, 0.925, 0.92], bn2=0.85, ln2=0.85, bn_top_lr_ok=True)
-        )
-    )
-    assert "not clearly ahead" in tied and "a tie at this number of seeds" in tied
-    assert "does not settle the layer-norm paper's section 6.7" in tied
+def test_verdict_rules():
+    above, across, below = _estimate(0.01, 0.03), _estimate(-0.01, 0.02), _estimate(-0.03, -0.01)
+    assert stats.verdict_greater([above, above]) == stats.SUPPORTED
+    assert stats.verdict_greater([above, across]) == stats.MIXED
+    assert stats.verdict_greater([across, below]) == stats.NOT_SUPPORTED
+    assert stats.verdict_greater([None, stats.Estimate(1.0, 1.0, 1.0, 1)]) == stats.NOT_TESTED
+    small, large = _estimate(-0.004, 0.006), _estimate(0.02, 0.05)
+    assert stats.verdict_equivalent([small], 0.01) == stats.SUPPORTED
+    assert stats.verdict_equivalent([large], 0.01) == stats.NOT_SUPPORTED
+    assert stats.verdict_equivalent([small, large], 0.01) == stats.MIXED
 
 
-@pytest.mark.parametrize("norm", ["batch", "layer", "group", "weight"])
-def test_float64_reference_matches_the_core_functions(norm):
-    import numpy as np
-    import tensorflow as tf
-
-    from normlab import core
-    from normlab.report.analyses import reference64
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(0.5, 2.0, (8, 6, 6, 12))
-    gamma, beta = rng.normal(1, 0.3, 12), rng.normal(0, 0.3, 12)
-    if norm == "weight":
-        got = core.weight_norm(tf.constant(x), tf.constant(gamma))
-        ref = reference64("weight", x, {"g": gamma})
-    else:
-        args = (tf.constant(x), tf.constant(gamma), tf.constant(beta))
-        got = {
-            "batch": lambda: core.batch_norm(*args, 1e-3),
-            "layer": lambda: core.layer_norm(*args, 1e-3),
-            "group": lambda: core.group_norm(*args, 4, 1e-3),
-        }[norm]()
-        ref = reference64(norm, x, {"gamma": gamma, "beta": beta}, 1e-3, groups=4)
-    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+def _results(**kwargs):
+    base = dict(lr=[], batch=[], lstm_batch=[], cnn=None, converged=None, lstm=None, chance=0.1,
+                seeds=3, cost_ms={}, cost_rounds={}, cost_rounds_n=3, parity_table=[],
+                parity_layers={})
+    return types.SimpleNamespace(**{**base, **kwargs})
 
 
-def _parity(custom_err64: float, builtin_err64: float, forward_rel: float) -> dict:
-    row = {
-        "layer": "conv1_norm",
-        "builtin": "fused_batch_norm",
-        "shape": [128, 28, 28, 32],
-        "reduced": 100352,
-        "forward_abs": forward_rel * 10,
-        "forward_rel": forward_rel,
-        "grad_rel": {"x": forward_rel, "gamma": forward_rel, "beta": 1e-7},
-        "custom_err64": custom_err64,
-        "builtin_err64": builtin_err64,
-    }
-    model = {"grad_rel_max": 2e-3, "grad_rel_worst": "conv2/kernel", "control_grad_rel_worst": 1e-6}
-    return {"norm": "batch", "layers": [row], "model": model}
+def _cell(norm, setting, accs, diverged=0):
+    return SweepCell(norm, setting, len(accs) + diverged, diverged, stats.mean_ci(accs), accs)
 
 
-def test_custom_vs_builtin_verdict_follows_the_float64_reference():
-    t = Tables(preset="hand")
-    t.parity = [_parity(custom_err64=1e-6, builtin_err64=5e-4, forward_rel=7e-5)]
-    text = findings.custom_vs_builtin(t)
-    assert "the built-in's float32 rounding of its statistics over 100352 values" in text
-    t.parity = [_parity(custom_err64=5e-4, builtin_err64=1e-6, forward_rel=7e-5)]
-    assert "the custom code is the less accurate one" in findings.custom_vs_builtin(t)
-    same = _parity(custom_err64=1e-6, builtin_err64=1e-6, forward_rel=1e-7)
-    same["model"]["control_grad_rel_worst"] = 1e-3  # a cancelling gradient: rounding-sensitive
-    t.parity = [same]
-    assert "the same function up to float32 rounding" in findings.custom_vs_builtin(t)
+def test_claims_follow_the_numbers():
+    """The same claim flips verdict with the numbers: layer beats batch at B <= 4."""
+    wins = [_cell("layer", 2, [0.88, 0.89, 0.885]), _cell("batch", 2, [0.70, 0.72, 0.71]),
+            _cell("layer", 4, [0.88, 0.885, 0.89]), _cell("batch", 4, [0.80, 0.81, 0.805])]
+    assert claims.layer_beats_batch_small(_results(batch=wins)).verdict == stats.SUPPORTED
+    loses = [_cell("layer", 2, [0.70, 0.71, 0.72]), _cell("batch", 2, [0.88, 0.89, 0.885])]
+    assert claims.layer_beats_batch_small(_results(batch=loses)).verdict == stats.NOT_SUPPORTED
+    # A diverged batch-norm seed counts at chance: layer norm then wins at that size.
+    diverged = [_cell("layer", 2, [0.80, 0.81, 0.805]), _cell("batch", 2, [], diverged=3)]
+    assert claims.layer_beats_batch_small(_results(batch=diverged)).verdict == stats.SUPPORTED
+    assert claims.group_norm_claim(_results()).verdict == stats.NOT_TESTED
+
+
+def test_learning_rate_claim_needs_an_order_of_magnitude():
+    lr = [_cell("none", 0.05, [0.88, 0.885, 0.89]), _cell("none", 0.5, [], diverged=3),
+          _cell("none", 5.0, [], diverged=3), _cell("batch", 0.05, [0.90, 0.905, 0.91]),
+          _cell("batch", 0.5, [0.905, 0.90, 0.91]), _cell("batch", 5.0, [0.89, 0.90, 0.895])]
+    claim = claims.higher_learning_rates(_results(lr=lr))
+    assert claim.verdict == stats.SUPPORTED and "(100x)" in claim.evidence
+    lr[-1] = _cell("batch", 5.0, [], diverged=3)  # both diverge at 5.0: better at 0.5 only
+    assert claims.higher_learning_rates(_results(lr=lr)).verdict == stats.MIXED

@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tests.fixtures import tiny_splits
+from normlab.core import registry
+from normlab.trainer import steps, summaries
 from normlab.trainer.config import Config
 from normlab.trainer.errors import RunError, UsageError
 from normlab.trainer.optim import SGD, Adam, learning_rate
@@ -23,7 +25,7 @@ SMALL = dict(
     summary_every=3,
     histogram_every=6,
     eval_batch_size=50,
-    widths="8,16",
+    widths=(8, 16),
     dense_units=32,
     learning_rate=0.05,
 )
@@ -38,15 +40,17 @@ def _weights(trainer):
     return [v.numpy().copy() for v in trainer.model.variables]
 
 
-@pytest.mark.parametrize("norm", ["none", "batch", "layer", "weight", "group"])
-@pytest.mark.parametrize("impl", ["custom", "builtin"])
+@pytest.mark.parametrize("norm", registry.NORM_CHOICES)
+@pytest.mark.parametrize("impl", registry.IMPLS)
 def test_one_step_changes_every_trainable_variable(tmp_path, norm, impl):
     trainer = _trainer(tmp_path, norm=norm, norm_impl=impl)
-    before = [v.numpy().copy() for v in trainer.variables]
+    variables = trainer.train_step.variables
+    assert {id(v) for v in variables} == {id(v) for v in trainer.model.trainable_variables}
+    before = [v.numpy().copy() for v in variables]
     images, labels = next(iter(trainer_dataset(trainer)))
-    metrics, _ = trainer._train_step(images, labels, False)
-    assert bool(metrics["finite"])
-    for var, old in zip(trainer.variables, before):
+    metrics = trainer.train_step(images, labels)
+    assert steps.is_finite(metrics)
+    for var, old in zip(variables, before):
         assert not np.array_equal(var.numpy(), old), f"{var.name} did not change"
     assert int(trainer.step) == 1
 
@@ -184,13 +188,13 @@ def test_resumed_summaries_have_each_step_once(tmp_path):
     crashed.flush()  # what a killed process's writer had flushed: steps 1..8
     lines = []
     resumed = Trainer(config, str(tmp_path / "run"), splits=splits, log=lines.append)
+    resumed.train_and_evaluate()  # cuts the events back to step 5 before training on
     assert any("dropped" in line and "after step 5" in line for line in lines), lines
-    resumed.train_and_evaluate()
     acc = event_accumulator.EventAccumulator(
         str(tmp_path / "run" / "train"), size_guidance={event_accumulator.TENSORS: 0}
     )
     acc.Reload()
-    assert [e.step for e in acc.Tensors("train/loss")] == list(range(1, 13))
+    assert [e.step for e in acc.Tensors(summaries.LOSS)] == list(range(1, 13))
 
 
 def test_summaries_have_the_documented_tags(tmp_path):
@@ -206,20 +210,28 @@ def test_summaries_have_the_documented_tags(tmp_path):
 
     train = tags("train")
     for tag in (
-        "train/loss",
-        "train/accuracy",
-        "train/learning_rate",
-        "train/steps_per_sec",
-        "train/images_per_sec",
-        "grad_norm/global",
-        "grad_norm/conv1",
-        "activation/conv1/pre_mean",
-        "activation/dense1/post_std",
-        "param_norm/conv1/g",
-        "weights/conv1/v",
+        summaries.LOSS,
+        summaries.ACCURACY,
+        summaries.LEARNING_RATE,
+        summaries.STEPS_PER_SEC,
+        summaries.IMAGES_PER_SEC,
+        summaries.GRAD_NORM_GLOBAL,
+        summaries.grad_norm("conv1"),
+        summaries.activation("conv1", "pre", "mean"),
+        summaries.activation("dense1", "post", "std"),
+        summaries.param_norm("conv1", "g"),
+        summaries.weights_histogram("conv1", "v"),
+        summaries.gradients_histogram("conv1", "v"),
+        summaries.activations_histogram("conv1", "pre"),
     ):
         assert tag in train, tag
-    assert {"eval/val_accuracy", "eval/test_accuracy", "final/test_accuracy"} <= tags("eval")
+    # Validation on the training curves' tags, so TensorBoard overlays them; final metrics.
+    assert {
+        summaries.LOSS,
+        summaries.ACCURACY,
+        summaries.FINAL_TEST_ACCURACY,
+        summaries.FINAL_VAL_LOSS,
+    } <= tags("eval")
 
 
 def test_non_finite_loss_stops_with_the_layer_and_keeps_the_checkpoint(tmp_path):
@@ -229,11 +241,11 @@ def test_non_finite_loss_stops_with_the_layer_and_keeps_the_checkpoint(tmp_path)
     # Poison conv2's kernel: its activations become non-finite.
     trainer.model.convs[1].kernel.assign(tf.fill(trainer.model.convs[1].kernel.shape, np.inf))
     trainer.total_steps = 20
-    before = [v.numpy().copy() for v in trainer.variables]
+    before = [v.numpy().copy() for v in trainer.model.trainable_variables]
     with pytest.raises(RunError, match=r"step 13 .*first non-finite layer: conv2") as caught:
         trainer.train()
     assert (caught.value.step, caught.value.layer) == (13, "conv2")
-    for var, old in zip(trainer.variables, before):
+    for var, old in zip(trainer.model.trainable_variables, before):
         np.testing.assert_array_equal(var.numpy(), old)  # the bad step applied nothing
     assert trainer.manager.latest_checkpoint.endswith("ckpt-12")
 
@@ -278,6 +290,9 @@ def test_config_flagfile_round_trip_and_validation(tmp_path):
     ]:
         with pytest.raises(UsageError, match=message):
             dataclasses.replace(config, **bad).validate()
+    path.write_text("--norm=batch\n--widths=8,x\n")
+    with pytest.raises(UsageError, match="--widths takes comma-separated integers"):
+        Config.from_flagfile(str(path))
     path.write_text("--norm=batch\n--nonsense=3\n")
     with pytest.raises(UsageError, match="unknown setting --nonsense"):
         Config.from_flagfile(str(path))

@@ -1,32 +1,33 @@
-"""What train.py and eval.py share: absl flags from Config, clean errors and exit codes."""
+"""What the programs share: absl flags from Config, help, clean errors and exit codes.
+
+train.py, eval.py, report.py and parity.py are thin absl programs: they define their flags,
+call `parse_flags_or_exit` (which answers -h/--help/--helpshort/--helpfull with the program's
+usage and flags and exits 0, and a bad flag with one line and exit 2), then `run_main`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import sys
+import textwrap
 import traceback
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from normlab.trainer.config import Config
+from normlab.trainer.config import Config, format_value
 from normlab.trainer.errors import RunError, UsageError
 
-__all__ = [
-    "RunError",
-    "UsageError",
-    "define_config_flags",
-    "config_from_flags",
-    "parse_flags_or_exit",
-    "run_main",
-]
+HELP_ARGS = ("-h", "-help", "--help", "-helpshort", "--helpshort", "-helpfull", "--helpfull", "-?")
 
 
-def define_config_flags(flag_values=flags.FLAGS) -> None:
-    """One absl flag per Config field, with its default, help and choices."""
+def define_config_flags(flag_values=flags.FLAGS) -> list[str]:
+    """One absl flag per Config field, with its default, help and choices; returns the names."""
     for f in dataclasses.fields(Config):
         help_text = f.metadata["help"]
+        if f.metadata["resumable"]:
+            help_text += " May change on resume."
         if f.metadata["choices"]:
             flags.DEFINE_enum(
                 f.name, f.default, list(f.metadata["choices"]), help_text, flag_values=flag_values
@@ -37,8 +38,11 @@ def define_config_flags(flag_values=flags.FLAGS) -> None:
             flags.DEFINE_integer(f.name, f.default, help_text, flag_values=flag_values)
         elif isinstance(f.default, float):
             flags.DEFINE_float(f.name, f.default, help_text, flag_values=flag_values)
+        elif isinstance(f.default, tuple):
+            flags.DEFINE_list(f.name, format_value(f.default), help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(f.name, f.default, help_text, flag_values=flag_values)
+    return [f.name for f in dataclasses.fields(Config)]
 
 
 def config_from_flags(base: Config | None = None, flag_values=flags.FLAGS) -> Config:
@@ -48,16 +52,51 @@ def config_from_flags(base: Config | None = None, flag_values=flags.FLAGS) -> Co
     for f in dataclasses.fields(Config):
         flag = flag_values[f.name]
         if base is None or flag.present:
-            values[f.name] = flag.value
+            value = flag.value
+            if isinstance(f.default, tuple):
+                try:
+                    value = tuple(int(v) for v in value if str(v).strip())
+                except ValueError:
+                    raise UsageError(
+                        f"--{f.name} takes comma-separated integers, got {','.join(value)!r}."
+                    ) from None
+            values[f.name] = value
     return dataclasses.replace(base, **values) if base else Config(**values)
 
 
-def parse_flags_or_exit(argv: list[str], program: str) -> list[str]:
-    """absl's flag parsing, but a bad flag exits with status 2 and one line, no trace."""
+def usage(program: str, doc: str, names: Sequence[str], flag_values=flags.FLAGS) -> str:
+    """The program's help: its docstring, then every flag with its default and help."""
+    lines = [doc.strip(), "", "Flags:"]
+    for name in names:
+        flag = flag_values[name]
+        lines.append(f"  {flag.serialize() or '--' + name}")  # --name=default
+        lines += textwrap.wrap(flag.help, 96, initial_indent="      ", subsequent_indent="      ")
+    lines += ["", "A flag file holds one --name=value per line: --flagfile=FILE."]
+    return "\n".join(lines)
+
+
+def parse_flags_or_exit(
+    argv: list[str], program: str, doc: str, names: Sequence[str], flag_values=flags.FLAGS
+) -> list[str]:
+    """absl's flag parsing, with help that works and clean errors.
+
+    -h, --help, --helpshort, --helpfull: print the usage and exit 0. A bad flag: one line
+    naming it and the help command, exit 2, no trace.
+    """
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        try:
+            flag_values(argv[:1])  # parse nothing, so defaults are readable
+        except flags.Error:
+            pass
+        try:
+            print(usage(program, doc, names, flag_values), flush=True)
+        except BrokenPipeError:  # `program --help | head`: the reader left, which is fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     try:
-        return flags.FLAGS(argv)
+        return flag_values(argv)
     except flags.Error as e:
-        print(f"{program}: error: {e}\nRun {program} --helpfull for every flag.", file=sys.stderr)
+        print(f"{program}: error: {e}\nRun {program} --help for every flag.", file=sys.stderr)
         sys.exit(2)
 
 
@@ -78,3 +117,18 @@ def run_main(main: Callable[[], int], program: str) -> int:
         code = getattr(e, "exit_code", 2)
         print(f"{program}: error: {e}", file=sys.stderr)
         return code
+    except KeyboardInterrupt:
+        # Outside a training step (the trainer itself turns SIGINT into a clean stop).
+        print(f"{program}: interrupted.", file=sys.stderr)
+        return 130
+
+
+__all__ = [
+    "RunError",
+    "UsageError",
+    "config_from_flags",
+    "define_config_flags",
+    "parse_flags_or_exit",
+    "run_main",
+    "usage",
+]

@@ -11,3 +11,20 @@ class RunError(RuntimeError):
     """A run cannot go on (a model_dir in use, non-finite loss, a corrupt checkpoint). Exit 1."""
 
     exit_code = 1
+
+
+class Interrupted(RunError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NonFiniteError(RunError):
+    """Training produced a non-finite loss or gradient; `step` and `layer` say where."""
+
+    def __init__(self, step: int, layer: str, message: str):
+        super().__init__(message)
+        self.step = step
+        self.layer = layer

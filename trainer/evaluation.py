@@ -1,4 +1,10 @@
-"""eval.py's library: find runs, evaluate each from its saved flags, compare them."""
+"""eval.py's library: find runs, evaluate each from its saved flags, compare them.
+
+A path that is not a run or holds none, a run without a checkpoint, a damaged checkpoint: each
+is reported once, and the other runs are still evaluated. The comparison prints the settings
+all runs share once, then one row per run with the settings that tell the runs apart, so it
+stays narrow (at most 100 columns for a handful of runs).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,24 @@ import dataclasses
 import io
 import json
 import os
+import textwrap
 
 import numpy as np
 
 from normlab import data
-from normlab.trainer.config import Config, flags_path
+from normlab.core.tables import markdown_table, text_table
+from normlab.trainer.config import Config, flags_path, format_value, is_run_dir
 from normlab.trainer.errors import RunError, UsageError
+
+# Settings that may tell runs apart, in the order the table shows them (the run's checkpoint
+# and replicas come from the run itself).
+DISTINGUISHING = (
+    "arch", "norm", "norm_impl", "widths", "lstm_units", "precision", "batch_size", "optimizer",
+    "learning_rate", "augment", "seed",
+)
+SHORT = {"norm_impl": "impl", "batch_size": "batch", "learning_rate": "lr", "lstm_units": "units"}
+# Agreement columns per block: a matrix wider than this is printed in several blocks.
+MATRIX_BLOCK = 12
 
 
 @dataclasses.dataclass
@@ -29,28 +47,34 @@ class RunResult:
     predictions: np.ndarray
 
 
-def find_runs(paths: list[str]) -> list[str]:
-    """Expands each path: a run directory (has flags.txt) is itself; a root, its runs."""
-    runs = []
+def find_runs(paths: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Expands each path: a run directory (has flags.txt) is itself; any other directory, every
+    run below it (at any depth). Returns (runs, {path: why it gives none})."""
+    runs, failures = [], {}
     for path in paths:
         if not os.path.isdir(path):
-            raise UsageError(f"{path} is not a directory.")
-        if os.path.isfile(flags_path(path)):
+            failures[path] = "no such directory" if not os.path.exists(path) else "not a directory"
+            continue
+        if is_run_dir(path):
             runs.append(path)
             continue
-        children = sorted(os.path.join(path, name) for name in os.listdir(path))
-        found = [c for c in children if os.path.isfile(flags_path(c))]
+        found = []
+        for dirpath, dirnames, _ in os.walk(path):
+            dirnames.sort()
+            if is_run_dir(dirpath):
+                found.append(dirpath)
+                dirnames[:] = []  # a run's subdirectories are its own (checkpoints, summaries)
         if not found:
-            raise UsageError(
-                f"{path} is neither a normlab run (no flags.txt) nor a directory "
-                "holding runs. Give the --model_dir of a train.py run."
+            failures[path] = (
+                "neither a normlab run (no flags.txt) nor a directory holding runs; give the "
+                "--model_dir of a train.py run"
             )
         runs += found
-    return runs
+    return runs, failures
 
 
 def evaluate_runs(
-    dirs: list[str], checkpoint: str | None = None, data_dir: str | None = None, log=print
+    dirs: list[str], checkpoint: str | None = None, data_dir: str | None = None
 ) -> tuple[list[RunResult], dict[str, str]]:
     """Evaluates each run on its test split; returns (results, {dir: reason it failed})."""
     from normlab.trainer.trainer import Trainer  # TensorFlow-heavy; imported when needed
@@ -63,15 +87,11 @@ def evaluate_runs(
                 config = dataclasses.replace(config, data_dir=data_dir)
             key = (config.dataset, config.data_dir, config.validation_size)
             if key not in cache:
-                cache[key] = data.load(
-                    config.dataset, config.data_dir or None, config.validation_size
-                )
-            trainer = Trainer(
-                config, model_dir, splits=cache[key], log=lambda _: None, read_only=True
-            )
+                cache[key] = data.load(config.dataset, config.data_dir or None, config.validation_size)
+            trainer = Trainer(config, model_dir, splits=cache[key], log=lambda _: None, read_only=True)
             if checkpoint:
                 trainer.restore(checkpoint)
-                used = checkpoint
+                used = os.path.basename(checkpoint)
             elif trainer.manager.latest_checkpoint:
                 used = os.path.basename(trainer.manager.latest_checkpoint)
             else:
@@ -79,7 +99,6 @@ def evaluate_runs(
             result = trainer.evaluate("test")
         except (UsageError, RunError, data.DatasetError) as e:
             failures[model_dir] = str(e)
-            log(f"{model_dir}: not evaluated: {e}")
             continue
         results.append(
             RunResult(
@@ -98,59 +117,106 @@ def evaluate_runs(
     return results, failures
 
 
-class Comparison:
-    """The comparison table of evaluated runs, as text, Markdown, JSON and CSV."""
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
 
-    COLUMNS = ("run", "norm", "impl", "steps", "test_acc", "test_loss", "params")
+
+def _setting(config: Config, name: str) -> str:
+    """A setting as the table shows it; "-" for one the run's architecture does not use."""
+    return "-" if name in config.unused_fields() else format_value(getattr(config, name))
+
+
+class Comparison:
+    """The comparison of evaluated runs, as text, Markdown, JSON and CSV."""
 
     def __init__(self, results: list[RunResult], failures: dict[str, str]):
         self.results = results
         self.failures = failures
 
+    def settings(self) -> tuple[dict, list[str]]:
+        """({setting: value} shared by every run, [settings that differ])."""
+        shared, differing = {}, []
+        for name in DISTINGUISHING:
+            values = {_setting(r.config, name) for r in self.results}
+            if len(values) > 1:
+                differing.append(name)
+            elif values != {"-"}:
+                shared[SHORT.get(name, name)] = values.pop()
+        return shared, differing
+
     def rows(self) -> list[dict]:
-        rows = []
-        for r in self.results:
-            row = {
-                "run": r.model_dir,
-                "norm": r.config.norm,
-                "impl": r.config.norm_impl,
-                "steps": r.step,
-                "test_acc": round(r.test_accuracy, 4),
-                "test_loss": round(r.test_loss, 4),
-                "params": r.parameters,
-            }
+        """One dict per run: every distinguishing setting, the evaluation, per-class accuracy."""
+        out = []
+        for i, r in enumerate(self.results, 1):
+            row = {"#": i, "run": r.model_dir}
+            row.update({SHORT.get(n, n): _setting(r.config, n) for n in DISTINGUISHING})
             row.update(
-                {f"acc_{name}": round(a, 4) for name, a in zip(r.class_names, r.per_class_accuracy)}
+                checkpoint=r.checkpoint,
+                steps=r.step,
+                test_accuracy=round(r.test_accuracy, 6),
+                test_loss=round(r.test_loss, 6),
+                params=r.parameters,
             )
-            rows.append(row)
-        return rows
+            row.update({f"acc_{n}": round(a, 6) for n, a in zip(r.class_names, r.per_class_accuracy)})
+            out.append(row)
+        return out
 
-    def agreement(self) -> float | None:
-        """The share of test examples two runs predict alike (only for exactly two runs)."""
-        if len(self.results) != 2:
+    def short_names(self) -> tuple[str, list[str]]:
+        """(the runs' common directory, each run's path below it): long absolute paths would
+        push the table past 100 columns."""
+        dirs = [os.path.abspath(r.model_dir) for r in self.results]
+        base = os.path.commonpath(dirs) if len(dirs) > 1 else os.path.dirname(dirs[0])
+        if base in dirs:  # one run inside another's directory: keep the parent
+            base = os.path.dirname(base)
+        return base, [os.path.relpath(d, base) for d in dirs]
+
+    def agreement(self) -> np.ndarray | None:
+        """[i, j]: the share of test examples runs i and j predict alike (same test set)."""
+        predictions = [r.predictions for r in self.results]
+        if len(predictions) < 2 or len({len(p) for p in predictions}) != 1:
             return None
-        a, b = (r.predictions for r in self.results)
-        return float(np.mean(a == b)) if len(a) == len(b) else None
-
-    def _table(self, rows: list[dict], columns, markdown: bool) -> str:
-        cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-        if markdown:
-            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-        widths = [max(len(x) for x in col) for col in zip(columns, *cells)]
-        return "\n".join(
-            "  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [list(columns)] + cells
-        )
+        stacked = np.stack(predictions)
+        return (stacked[:, None, :] == stacked[None, :, :]).mean(-1)
 
     def _sections(self, markdown: bool) -> str:
-        rows = self.rows()
-        parts = [self._table(rows, self.COLUMNS, markdown)] if rows else ["no run evaluated"]
-        if rows:
-            per_class = ["run"] + [k for k in rows[0] if k.startswith("acc_")]
-            parts += ["", "Per-class test accuracy:", self._table(rows, per_class, markdown)]
-        agreement = self.agreement()
-        if agreement is not None:
-            parts += ["", f"Prediction agreement between the two runs: {agreement:.4f}"]
+        table = markdown_table if markdown else text_table
+        if not self.results:
+            parts = ["No run evaluated."]
+        else:
+            shared, differing = self.settings()
+            base, names = self.short_names()
+            columns = ["#", "run"] + [SHORT.get(n, n) for n in differing]
+            rows = [
+                [i, names[i - 1]] + [_setting(r.config, n) for n in differing]
+                + [r.checkpoint, r.step, _pct(r.test_accuracy), f"{r.test_loss:.4f}", r.parameters]
+                for i, r in enumerate(self.results, 1)
+            ]
+            shared_text = ", ".join(f"{k} {v}" for k, v in shared.items())
+            intro = f"Runs in {base}; test split, inference mode. Shared by every run: {shared_text}."
+            parts = [
+                *textwrap.wrap(intro, 100),
+                "",
+                table(columns + ["checkpoint", "steps", "test acc", "test loss", "params"], rows),
+                "",
+                "Per-class test accuracy (%):",
+                table(
+                    ["#"] + [n[:6] for n in self.results[0].class_names],
+                    [[i] + [f"{100 * a:.1f}" for a in r.per_class_accuracy]
+                     for i, r in enumerate(self.results, 1)],
+                ),
+            ]
+            matrix = self.agreement()
+            if matrix is not None:
+                parts += ["", "Share of test predictions two runs agree on (%):"]
+                for start in range(0, len(matrix), MATRIX_BLOCK):
+                    cols = range(start, min(start + MATRIX_BLOCK, len(matrix)))
+                    parts.append(
+                        table(
+                            ["#"] + [str(j + 1) for j in cols],
+                            [[i + 1] + [f"{100 * matrix[i, j]:.1f}" for j in cols]
+                             for i in range(len(matrix))],
+                        )
+                    )
         for model_dir, reason in self.failures.items():
             parts += ["", f"Not evaluated: {model_dir}: {reason}"]
         return "\n".join(parts) + "\n"
@@ -162,17 +228,15 @@ class Comparison:
         return self._sections(markdown=True)
 
     def json(self) -> str:
-        return (
-            json.dumps(
-                {
-                    "runs": self.rows(),
-                    "prediction_agreement": self.agreement(),
-                    "not_evaluated": self.failures,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        matrix = self.agreement()
+        return json.dumps(
+            {
+                "runs": self.rows(),
+                "prediction_agreement": matrix.round(6).tolist() if matrix is not None else None,
+                "not_evaluated": self.failures,
+            },
+            indent=2,
+        ) + "\n"
 
     def csv(self) -> str:
         rows = self.rows()

@@ -75,3 +75,35 @@ def learning_rate(
     if warmup_steps > 0:
         lr = tf.minimum(lr, peak * (step + 1.0) / warmup_steps)
     return lr
+
+
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for float16 mixed precision (as Keras' LossScaleOptimizer).
+
+    float16 gradients below ~6e-8 round to 0; multiplying the loss by `scale` before the
+    gradient (and dividing the gradients by it after) keeps them representable. The scale
+    starts high; a step whose scaled gradients overflow is skipped and halves it, and every
+    `period` consecutive good steps double it, so it stays near the largest safe value.
+    """
+
+    def __init__(self, initial: float = 2.0**15, period: int = 2000):
+        super().__init__(name="loss_scale")
+        self.period = period
+        self.scale = tf.Variable(initial, dtype=tf.float32, trainable=False, name="scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+
+    def update(self, grads_finite: tf.Tensor) -> None:
+        """After a step: halve the scale on overflow, double it after `period` good steps."""
+        grow = self.good_steps + 1 >= self.period
+
+        def good():
+            self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1))
+            self.scale.assign(tf.where(grow, self.scale * 2.0, self.scale))
+            return tf.constant(True)
+
+        def overflow():
+            self.good_steps.assign(0)
+            self.scale.assign(tf.maximum(self.scale / 2.0, 1.0))
+            return tf.constant(False)
+
+        tf.cond(grads_finite, good, overflow)

@@ -1,7 +1,10 @@
 """Independent NumPy float64 references for the normalizations, forward and backward.
 
 Written from the papers' formulas with NumPy only (no TensorFlow), so they share no code with
-core/. The backward pass is the closed form, derived by hand, not autodiff.
+the rest of core/: the yardstick the tests hold core's functions and TensorFlow's built-ins to,
+and that the report uses to tell whose rounding a custom-vs-built-in difference is. The
+backward pass is the closed form, derived by hand, not autodiff. Each function takes the same
+arguments as its core counterpart (registry entries bind them alike).
 """
 
 from __future__ import annotations

@@ -1,0 +1,217 @@
+"""The compiled training and evaluation steps: a batch in, a flat dict keyed by tags out.
+
+`TrainStep(images, labels, collect)` runs forward, loss, backward and the optimizer update
+(on every replica under tf.distribute) and returns {tag: value} with the tags of
+trainer/summaries.py, ready for `MetricWriter.write`: the training batch's loss and accuracy,
+the learning rate and the gradient norms always; with `collect` >= SCALARS also each hidden
+layer's activation mean/std before and after its norm and each variable's norm; with
+HISTOGRAMS also the weights, gradients and activations as tensors (histograms).
+
+A step whose loss or gradient is not finite applies nothing: the caller sees it in the dict
+(`is_finite`) and stops with the last good state. Under float16 mixed precision with dynamic
+loss scaling, a step whose scaled gradients overflow is skipped and lowers the scale (that is
+how loss scaling finds its scale, not an error); it still counts as a step, so the data order
+stays a function of the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from normlab.trainer import summaries as tags
+
+# What a step collects besides loss, accuracy, learning rate and gradient norms.
+NOTHING, SCALARS, HISTOGRAMS = 0, 1, 2
+
+
+def layer_variables(model: tf.Module) -> list[tuple[str, str, tf.Variable]]:
+    """(layer, variable name, variable) for every trainable variable, in forward order."""
+    return [
+        (layer, v.name.split(":")[0], v)
+        for layer, module in model.named_layers()
+        for v in module.trainable_variables
+    ]
+
+
+def is_finite(metrics: dict) -> bool:
+    """Whether the step's loss and gradient were finite (or a loss-scale overflow skipped it):
+    whether training may go on."""
+    if not math.isfinite(float(metrics[tags.LOSS])):
+        return False
+    overflow = float(metrics.get(tags.LOSS_SCALE_OVERFLOW, 0.0)) > 0
+    return overflow or math.isfinite(float(metrics[tags.GRAD_NORM_GLOBAL]))
+
+
+def _moments_of(t: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    mean, variance = tf.nn.moments(tf.cast(t, tf.float32), axes=list(range(t.shape.rank)))
+    return mean, tf.sqrt(variance)
+
+
+class TrainStep:
+    """One optimization step of `model` on a global batch, compiled with tf.function.
+
+    Args:
+        model: a module with `forward(x, training=, tap=)` and `named_layers()` (models/).
+        optimizer: `apply(grads, variables, lr)` (trainer/optim.py).
+        step: the int64 step counter variable; incremented by each applied step.
+        learning_rate: `learning_rate(step) -> lr` (a schedule).
+        global_batch_size: the loss is the sum over the replica's examples divided by this, so
+            the replicas' gradients sum to the global batch's mean gradient.
+        strategy: the tf.distribute strategy the variables were created under.
+        loss_scale: under float16 mixed precision, an optim.DynamicLossScale: the loss is
+            multiplied by its scale before the gradient and the gradients divided by it after
+            (keeps small gradients from underflowing to 0 in float16); None otherwise.
+    """
+
+    def __init__(
+        self,
+        model: tf.Module,
+        optimizer,
+        step: tf.Variable,
+        learning_rate: Callable[[tf.Tensor], tf.Tensor],
+        global_batch_size: int,
+        strategy: tf.distribute.Strategy | None = None,
+        loss_scale=None,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.step = step
+        self.learning_rate = learning_rate
+        self.global_batch_size = global_batch_size
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.loss_scale = loss_scale
+        self.named = layer_variables(model)
+        self.variables = [v for _, _, v in self.named]
+        # autograph=False: the step's control flow is Python on static values (traced once per
+        # `collect` level) or explicit tf.cond; nothing for autograph to convert.
+        self._compiled = tf.function(self._step, autograph=False)
+
+    def __call__(self, images, labels, collect: int = NOTHING) -> dict[str, tf.Tensor]:
+        return self._compiled(images, labels, collect)
+
+    def _replica(self, images, labels, collect: int):
+        """One replica's share: loss over the global batch size, gradients, correct count."""
+        with tf.GradientTape() as tape:
+            logits, taps = self.model.forward(images, training=True, tap=collect >= SCALARS)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            loss = tf.reduce_sum(per_example) / self.global_batch_size
+            scale = self.loss_scale.scale if self.loss_scale else tf.constant(1.0)
+            scaled = loss * scale
+        grads = [g / scale for g in tape.gradient(scaled, self.variables)]
+        predictions = tf.argmax(logits, -1, output_type=labels.dtype)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
+        stats = {}
+        for name, t in taps.items():
+            layer, when = name.split("/")
+            mean, std = _moments_of(t)
+            stats[tags.activation(layer, when, "mean")] = mean
+            stats[tags.activation(layer, when, "std")] = std
+        return loss, correct, grads, stats, taps
+
+    def _step(self, images, labels, collect: int):
+        s, total = self.strategy, tf.distribute.ReduceOp.SUM
+        loss, correct, grads, stats, taps = s.run(self._replica, args=(images, labels, collect))
+        loss = s.reduce(total, loss, axis=None)
+        grads = [s.reduce(total, g, axis=None) for g in grads]
+        lr = self.learning_rate(self.step)
+        squared = [tf.reduce_sum(tf.square(g)) for g in grads]
+        metrics = {
+            tags.LOSS: loss,
+            tags.ACCURACY: s.reduce(total, correct, axis=None) / self.global_batch_size,
+            tags.LEARNING_RATE: lr,
+            tags.GRAD_NORM_GLOBAL: tf.sqrt(tf.add_n(squared)),
+        }
+        by_layer: dict[str, list] = {}
+        for (layer, _, _), sq in zip(self.named, squared):
+            by_layer.setdefault(layer, []).append(sq)
+        metrics.update({tags.grad_norm(k): tf.sqrt(tf.add_n(v)) for k, v in by_layer.items()})
+        if collect >= SCALARS:
+            # The replicas' activation statistics, averaged.
+            mean = tf.distribute.ReduceOp.MEAN
+            metrics.update({k: s.reduce(mean, v, axis=None) for k, v in stats.items()})
+            metrics.update(
+                {tags.param_norm(layer, name): tf.norm(v) for layer, name, v in self.named}
+            )
+        if collect >= HISTOGRAMS:
+            for (layer, name, v), g in zip(self.named, grads):
+                metrics[tags.weights_histogram(layer, name)] = tf.identity(v)
+                metrics[tags.gradients_histogram(layer, name)] = g
+            for key, t in taps.items():  # the first replica's activations
+                layer, when = key.split("/")
+                local = s.experimental_local_results(t)[0]
+                metrics[tags.activations_histogram(layer, when)] = tf.cast(local, tf.float32)
+        grads_finite = tf.math.is_finite(metrics[tags.GRAD_NORM_GLOBAL])
+        finite = tf.math.is_finite(loss) & grads_finite
+
+        overflow = tf.constant(False)
+        if self.loss_scale is not None:
+            overflow = tf.math.is_finite(loss) & ~grads_finite & (self.loss_scale.scale > 1.0)
+            metrics[tags.LOSS_SCALE] = tf.identity(self.loss_scale.scale)
+            metrics[tags.LOSS_SCALE_OVERFLOW] = tf.cast(overflow, tf.float32)
+            self.loss_scale.update(grads_finite)
+
+        def apply():
+            self.optimizer.apply(grads, self.variables, lr)
+            self.step.assign_add(1)
+            return tf.constant(True)
+
+        def skip():
+            # A loss-scale overflow still used its batch; a non-finite step changes nothing
+            # (the caller stops with the last good state).
+            self.step.assign_add(tf.cast(overflow, tf.int64))
+            return tf.constant(False)
+
+        tf.cond(finite, apply, skip)
+        return metrics
+
+
+class EvalStep:
+    """Inference-mode loss sum and predictions of one batch, compiled with tf.function."""
+
+    def __init__(self, model: tf.Module):
+        self.model = model
+        self._compiled = tf.function(self._step, autograph=False)
+
+    def __call__(self, images, labels) -> dict[str, tf.Tensor]:
+        return self._compiled(images, labels)
+
+    def _step(self, images, labels):
+        logits = self.model(images, training=False)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        return {
+            "loss_sum": tf.reduce_sum(losses),
+            "predictions": tf.argmax(logits, -1, output_type=tf.int32),
+        }
+
+
+def evaluate(eval_step: EvalStep, dataset, labels: np.ndarray, num_classes: int) -> dict:
+    """Loss, accuracy and per-class accuracy of a whole split (every example once).
+
+    Returns {"loss", "accuracy", "per_class_accuracy", "examples", "predictions"}, or {} for an
+    empty split.
+    """
+    if len(labels) == 0:
+        return {}
+    loss_sum, predictions = 0.0, []
+    for images, batch_labels in dataset:
+        out = eval_step(images, batch_labels)
+        loss_sum += float(out["loss_sum"])
+        predictions.append(out["predictions"].numpy())
+    predictions = np.concatenate(predictions)
+    labels = np.asarray(labels)
+    correct = predictions == labels
+    per_class = [
+        float(correct[labels == k].mean()) if np.any(labels == k) else float("nan")
+        for k in range(num_classes)
+    ]
+    return {
+        "loss": loss_sum / len(labels),
+        "accuracy": float(correct.mean()),
+        "per_class_accuracy": per_class,
+        "examples": int(len(labels)),
+        "predictions": predictions,
+    }
