@@ -41,14 +41,13 @@ import statistics
 import sys
 import time
 
-from normlab.trainer.quiet import import_tensorflow
+import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
-tf = import_tensorflow()
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from normlab import data, models  # noqa: E402
+# isort: split
+import keras
+import numpy as np
+import tensorflow as tf
+from normlab import data, models
 
 # name -> (layer class name, arguments for the conv layers, arguments for the dense layer)
 NORMS = {
