@@ -1,8 +1,8 @@
 """Keras model.fit speed: the same CNN with normlab's Keras layers and with Keras' own.
 
-    python -m bench.keras_fit                        # every norm, 4000 images, 9 rounds (~6 min)
+    python -m bench.keras_fit                        # every norm, 4000 images, 9 rounds (~5 min)
     python -m bench.keras_fit --norms batch --rounds 15
-    python -m bench.keras_fit --layers               # each norm layer alone (~2 min)
+    python -m bench.keras_fit --layers               # each norm layer alone (~1 min)
 
 For each norm the same Keras CNN (conv 3x3 32 - norm - ReLU - maxpool - conv 3x3 64 - norm -
 ReLU - maxpool - dense 128 - norm - ReLU - dense 10) is built twice, once with

@@ -44,7 +44,8 @@ def per_example(x, axes, gamma, beta, eps, *, rms: bool = False) -> tf.Tensor:
     """Normalizes x over `axes` per slice; gamma / beta shaped like those axes (beta None: RMS).
 
     RMS norm over trailing axes: core.rms_norm on x viewed as [-1, size] (a free reshape).
-    Layer norm over one trailing axis (`axis=-1`): core.layer_norm on x viewed as [-1, C].
+    Layer norm over one trailing axis (`axis=-1`): core.layer_norm on x viewed as [-1, 1, C]
+    (rank 3, not [-1, C]: the closed form compiles image-sized inputs of rank >= 3 only).
     Layer norm over several trailing axes (e.g. every non-batch axis): core.layer_norm with
     unit scale on x viewed as [-1, size, 1], then the element-wise gamma and beta, because the
     closed form's backward is fastest with gamma constant over the normalized axis; the
@@ -58,7 +59,7 @@ def per_example(x, axes, gamma, beta, eps, *, rms: bool = False) -> tf.Tensor:
         if rms:
             y = core.rms_norm(tf.reshape(x, [-1, width]), tf.reshape(gamma, [width]), eps)
         elif len(axes) == 1:
-            y = core.layer_norm(tf.reshape(x, [-1, width]), gamma, beta, eps)
+            y = core.layer_norm(tf.reshape(x, [-1, 1, width]), gamma, beta, eps)
         else:
             unit = tf.ones([1], dtype), tf.zeros([1], dtype)
             xhat = core.layer_norm(tf.reshape(tf.cast(x, dtype), [-1, width, 1]), *unit, eps)

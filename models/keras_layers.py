@@ -183,7 +183,7 @@ class LayerNormalization(Norm):
         y = (x - mean) * rsqrt(var + epsilon) * gamma + beta     (biased variance)
 
     gamma and beta have the shape of the normalized axes, as in Keras. One trailing axis (the
-    default): core.layer_norm on x viewed as [-1, C]; several trailing axes (e.g. every
+    default): core.layer_norm on x viewed as [-1, 1, C]; several trailing axes (e.g. every
     non-batch axis): core.layer_norm with unit scale on x viewed as [-1, size, 1], then gamma
     and beta element-wise; other axes: core.moments / core.normalize (see per_example).
 
