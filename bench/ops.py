@@ -32,6 +32,7 @@ import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/qui
 import numpy as np
 import tensorflow as tf
 
+from normlab import machine
 from normlab.core import closed_form, registry
 
 # The CNN's activations: the default CNN's two conv blocks and dense layer at batch 128, the
@@ -151,8 +152,9 @@ def candidates(name: str, shape: Sequence[int], variants: bool) -> list[Candidat
 
 
 def make_inputs(norm: str, shape: Sequence[int], dtype: tf.DType, seed: int = 0):
-    """x (or v) and the cotangent dy in `dtype`; parameters in float32, as under mixed precision:
-    around their registry initial value (1 for scales, 0 for offsets, weight norm's g ~ U[0.5, 2])."""
+    """x (or v) and the cotangent dy in `dtype`; parameters in float32, as under mixed
+    precision, around their registry initial value (1 for scales, 0 for offsets; weight norm's g
+    uniform in [0.5, 2])."""
     rng = np.random.default_rng(seed)
     x = tf.cast(rng.normal(0.5, 2.0, shape), dtype)
     dy = tf.cast(rng.normal(size=shape), dtype)
@@ -208,33 +210,6 @@ def min_bytes(shape: Sequence[int], dtype: tf.DType, mode: str) -> int:
     return tensors * math.prod(shape) * dtype.size
 
 
-def measure_bandwidth(repeats: int = 7) -> dict:
-    """Memory bandwidth of this machine, now: tf.reduce_sum over a 256 MiB float32 tensor (bytes
-    read / time, TensorFlow's own thread pool), and a NumPy copy of it (bytes read + written /
-    time, one thread)."""
-    big = tf.random.uniform([64 * 1024 * 1024], dtype=tf.float32)
-    nbytes = 4 * 64 * 1024 * 1024
-    reduce = tf.function(lambda a: tf.reduce_sum(a))
-    reduce(big)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        reduce(big)
-        times.append(time.perf_counter() - start)
-    src = big.numpy()
-    dst = np.empty_like(src)
-    copies = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        copies.append(time.perf_counter() - start)
-    return {
-        "tf_reduce_sum_read_gbps": nbytes / float(np.median(times)) / 1e9,
-        "numpy_copy_read_write_gbps": 2 * nbytes / float(np.median(copies)) / 1e9,
-        "method": "256 MiB float32: tf.reduce_sum (read) and np.copyto (read+write), medians",
-    }
-
-
 def time_config(
     calls: dict[str, Callable], args: tuple, repeats: int, rng: np.random.Generator
 ) -> dict[str, list[float]]:
@@ -266,7 +241,7 @@ def time_config(
 
 def run(args) -> dict:
     rng = np.random.default_rng(args.seed)
-    bandwidth_before = measure_bandwidth()
+    bandwidth_before = machine.measure_bandwidth()
     reference_gbps = bandwidth_before["tf_reduce_sum_read_gbps"]
     results, summary = [], []
     for norm in args.norms:
@@ -315,7 +290,7 @@ def run(args) -> dict:
                         )
                     summary.append(dict(config, **_ratios(medians, kinds, norm)))
                     _print_config(config, medians, kinds, nbytes, reference_gbps, summary[-1])
-    bandwidth_after = measure_bandwidth()
+    bandwidth_after = machine.measure_bandwidth()
     return {
         "command": " ".join(["python -m bench.ops"] + sys.argv[1:]),
         "machine": {

@@ -1,4 +1,4 @@
-"""Batch normalization (Ioffe & Szegedy 2015) from basic ops: training, inference, moving averages."""
+"""Batch normalization (Ioffe & Szegedy 2015) from basic ops: training, inference, moving stats."""
 
 from __future__ import annotations
 

@@ -80,3 +80,33 @@ def describe() -> dict[str, str]:
         "commit": _git(here),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
     }
+
+
+def measure_bandwidth(repeats: int = 7) -> dict:
+    """Memory bandwidth of this machine, now: tf.reduce_sum over a 256 MiB float32 tensor (bytes
+    read / time, TensorFlow's own thread pool), and a NumPy copy of it (bytes read + written /
+    time, one thread)."""
+    import numpy as np
+    import tensorflow as tf
+
+    big = tf.random.uniform([64 * 1024 * 1024], dtype=tf.float32)
+    nbytes = 4 * 64 * 1024 * 1024
+    reduce = tf.function(lambda a: tf.reduce_sum(a))
+    reduce(big)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        reduce(big)
+        times.append(time.perf_counter() - start)
+    src = big.numpy()
+    dst = np.empty_like(src)
+    copies = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        copies.append(time.perf_counter() - start)
+    return {
+        "tf_reduce_sum_read_gbps": nbytes / float(np.median(times)) / 1e9,
+        "numpy_copy_read_write_gbps": 2 * nbytes / float(np.median(copies)) / 1e9,
+        "method": "256 MiB float32: tf.reduce_sum (read) and np.copyto (read+write), medians",
+    }

@@ -5,7 +5,8 @@
 tests/test_distributed.py starts two of these (I = 0, 1) and compares what they write: the
 statistics and gradients of synchronized batch norm, each worker holding its own uneven slice
 (40 and 24 of 64 examples) of the same global batch, and the moving statistics of a
-`models.BatchNorm` with `core.sync_batch_norm_and_moments` after one training step. Only loopback sockets are used.
+`models.BatchNorm` with `core.sync_batch_norm_and_moments` after one training step. Only
+loopback sockets are used.
 """
 
 from __future__ import annotations

@@ -40,8 +40,15 @@ def test_the_library_example_runs_from_any_directory(tmp_path):
     code = README.split("## The functions", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     (tmp_path / "example.py").write_text(code)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "example.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 

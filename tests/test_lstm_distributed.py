@@ -46,7 +46,8 @@ def train(strategy, impl, sync):
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
     if strategy.num_replicas_in_sync > 1:
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = policy
         dataset = strategy.experimental_distribute_dataset(dataset.with_options(options))
     for x, y in dataset:
         train_step(x, y)

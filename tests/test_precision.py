@@ -28,8 +28,9 @@ SMALL = dict(
 
 
 def _trainer(path, **overrides) -> Trainer:
-    return Trainer(Config(**{**SMALL, **overrides}), str(path), splits=tiny_splits(),
-                   log=lambda _: None)
+    return Trainer(
+        Config(**{**SMALL, **overrides}), str(path), splits=tiny_splits(), log=lambda _: None
+    )
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
@@ -87,7 +88,8 @@ def test_a_checkpoint_evaluates_under_another_precision(tmp_path):
     trained.train()
     bf16 = trained.evaluate("test")
     config = dataclasses.replace(trained.config, precision="float32")
-    f32 = Trainer(config, str(tmp_path / "run"), splits=trained.splits, log=lambda _: None,
-                  read_only=True).evaluate("test")
+    f32 = Trainer(
+        config, str(tmp_path / "run"), splits=trained.splits, log=lambda _: None, read_only=True
+    ).evaluate("test")
     assert abs(f32["loss"] - bf16["loss"]) < 0.05 * bf16["loss"]
     assert np.mean(f32["predictions"] == bf16["predictions"]) > 0.9

@@ -246,8 +246,10 @@ def test_tensorboard_records(tmp_path, idx_dir):
     meta = hparams.PluginTagToContent("hparams")
     config = plugin_data_pb2.HParamsPluginData.FromString(meta["_hparams_/experiment"])
     metrics = [(m.name.tag, m.name.group) for m in config.experiment.metric_infos]
-    assert metrics[:2] == [(summaries.FINAL_TEST_ACCURACY, summaries.EVAL_DIR),
-                           (summaries.FINAL_VAL_ACCURACY, summaries.EVAL_DIR)]
+    assert metrics[:2] == [
+        (summaries.FINAL_TEST_ACCURACY, summaries.EVAL_DIR),
+        (summaries.FINAL_VAL_ACCURACY, summaries.EVAL_DIR),
+    ]
     # ... and the run directory the dashboard reads them from holds them.
     assert summaries.FINAL_TEST_ACCURACY in val.Tags()["tensors"]
     session = plugin_data_pb2.HParamsPluginData.FromString(meta["_hparams_/session_start_info"])

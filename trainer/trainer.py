@@ -363,7 +363,7 @@ class Trainer:
 
     def hparams(self) -> dict:
         """The settings that define the experiment, for TensorBoard's HParams dashboard:
-        every flag that may not change on resume, the length, and the replicas."""
+        every flag that may not change on resume, the length, the replicas and the precision."""
         import dataclasses
 
         values = {
@@ -376,6 +376,7 @@ class Trainer:
             epochs=round(self.total_steps / self.steps_per_epoch, 3),
             strategy=self.config.strategy,
             replicas=self.strategy.num_replicas_in_sync,
+            precision=self.config.precision,
         )
         return values
 
