@@ -7,6 +7,7 @@ the same run share it (the batch-size sweep's batch 128 is the learning-rate swe
 Sections (each states its budget in the report):
     cnn        the CNN with every norm and without, several seeds, a short budget
     converged  the same, trained to convergence (longer, with augmentation)
+    long       the converged batch-norm CNN trained 3x longer: where the best BN CNN lands
     impl       TensorFlow's built-ins in the same CNN (seed 0), beside the custom runs of cnn
     batch      CNN batch-size sweep (batch, layer, group norm), several seeds
     lr         CNN learning-rate sweep, several seeds
@@ -21,7 +22,7 @@ import math
 
 from normlab.trainer.config import Config
 
-SECTIONS = ("cnn", "converged", "impl", "batch", "lr", "lstm", "lstm_batch")
+SECTIONS = ("cnn", "converged", "long", "impl", "batch", "lr", "lstm", "lstm_batch")
 
 
 # What every preset shares: SGD with momentum 0.9 and cosine decay to 0 for the CNN, no
@@ -65,6 +66,7 @@ class Preset:
     cnn_norms: tuple[str, ...] = ALL_NORMS
     cnn_epochs: float = 5.0
     converged_epochs: float = 10.0  # with augmentation; 0 skips the section
+    long_epochs: float = 30.0  # batch norm only, with augmentation; 0 skips the section
     builtin_norms: tuple[str, ...] = ALL_NORMS[1:]
     batch_norms: tuple[str, ...] = ("batch", "layer", "group")
     batch_sizes: tuple[int, ...] = (2, 4, 16, 128)
@@ -99,6 +101,7 @@ PRESETS = {
         bn_momentum=0.95,  # short runs: the moving averages must forget their initial values
         cnn_epochs=0.25,
         converged_epochs=0.5,
+        long_epochs=1.0,
         batch_sizes=(4, 32, 128),
         batch_epochs=0.1,
         learning_rates=(0.05, 0.5, 5.0),
@@ -128,6 +131,7 @@ PRESETS = {
         cnn_norms=("none", "batch", "layer"),
         cnn_epochs=0.25,
         converged_epochs=0.25,
+        long_epochs=0.5,
         builtin_norms=("batch",),
         batch_norms=("batch", "layer"),
         batch_sizes=(4, 16),
@@ -240,6 +244,8 @@ def plan(preset: Preset, data_dir: str, train_examples: int) -> list[RunSpec]:
         if p.converged_epochs:
             for norm in p.cnn_norms:
                 add("converged", seed, norm=norm, epochs=p.converged_epochs, augment=True)
+        if p.long_epochs:
+            add("long", seed, norm="batch", epochs=p.long_epochs, augment=True)
         for norm in p.lr_norms:
             for lr in p.learning_rates:
                 add("lr", seed, norm=norm, epochs=p.lr_epochs, learning_rate=lr)
@@ -288,6 +294,7 @@ def budget(preset: Preset, section: str) -> str:
         "cnn": f"{p.cnn_epochs:g} epochs, {cnn}, {seeds}",
         "converged": f"{p.converged_epochs:g} epochs with augmentation (flips, 2-pixel shifts), "
         f"{cnn}, {seeds}",
+        "long": f"batch norm only, {p.long_epochs:g} epochs with augmentation, {cnn}, {seeds}",
         "impl": f"{p.cnn_epochs:g} epochs as section cnn, seed {p.seeds[0]}; twins: "
         f"{p.twin_steps} steps in lock step",
         "batch": f"{p.batch_epochs:g} epoch(s) at every batch size (the same examples), lr "

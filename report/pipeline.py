@@ -66,6 +66,7 @@ class Results:
     chance: float  # the accuracy of a guess: a diverged run counts at it
     cnn: object
     converged: object
+    long: object  # the batch-norm CNN trained longer (None: the preset skips it)
     lstm: object
     batch: list
     lr: list
@@ -113,6 +114,7 @@ def build_results(root, preset, specs, outcomes, done, num_classes) -> Results:
         converged=tables.comparison("converged", runs, preset.cnn_norms)
         if preset.converged_epochs
         else None,
+        long=tables.comparison("long", runs, ("batch",)) if preset.long_epochs else None,
         lstm=tables.comparison("lstm", runs, preset.lstm_norms),
         batch=tables.sweep("batch", runs, "batch_size", done["bn_eval"]),
         lr=tables.sweep("lr", runs, "learning_rate", done["bn_eval"]),
@@ -177,6 +179,7 @@ def generate(options: Options, log: Log | None = None) -> str:
         "converged": figures.validation_curves(
             [("converged", results.converged)], directory, "converged.png"
         ),
+        "long": figures.validation_curves([("longer", results.long)], directory, "long.png"),
         "lstm": figures.validation_curves([("LSTM", results.lstm)], directory, "lstm.png"),
         "batch": figures.sweeps(
             [("CNN", results.batch, "batch size"), ("LSTM", results.lstm_batch, "batch size")],

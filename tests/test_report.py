@@ -119,6 +119,7 @@ def test_report_has_the_claims_every_section_and_its_figures(done):
         "## Answer",
         "## CNN: with and without normalization",
         "## CNN trained to convergence",
+        "## Batch-norm CNN trained longer",
         "## Custom vs TensorFlow's built-ins",
         "## CNN: batch size",
         "## CNN: learning rate",
@@ -133,12 +134,13 @@ def test_report_has_the_claims_every_section_and_its_figures(done):
         r"^\| (\d) \| .*\| \*\*(supported|not supported|mixed|not tested)\*\* \|", text, re.M
     )
     assert [int(n) for n, _ in table] == list(range(1, len(claims.CLAIMS) + 1))
-    assert text.count("Budget: ") >= 7  # every section states its budget
+    assert text.count("Budget: ") >= 8  # every section states its budget
     assert re.search(r"\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]%", text)  # means with intervals
     for fact in ("--preset=tiny", "Wall time of the suite", "TensorFlow 2.", "commit"):
         assert fact in text, fact
     links = set(re.findall(r"\]\((figures/[^)]+\.png)\)", text))
-    assert len(links) == 8
+    assert len(links) == 9
+    assert "Published: 2 conv + pooling + BN reaches 93.4%" in text
     for link in links:
         assert os.path.getsize(os.path.join(os.path.dirname(done.report), link)) > 1000, link
 
@@ -268,6 +270,7 @@ def _results(**kwargs):
         lstm_batch=[],
         cnn=None,
         converged=None,
+        long=None,
         lstm=None,
         chance=0.1,
         preset=design.PRESETS["full"],
