@@ -70,6 +70,14 @@ def test_training_learns_and_writes_metrics(tmp_path):
     assert saved["step"] == 60 and len(saved["test_per_class_accuracy"]) == 10
 
 
+def test_deterministic_trainer_leaves_the_callers_unseeded_random_ops_working(tmp_path):
+    """Op determinism is process-wide: a Keras fit after a Trainer in the same process (a
+    notebook) shuffles with an unseeded op, which determinism alone refuses."""
+    _trainer(tmp_path, deterministic=True)
+    assert tf.random.uniform([2]).shape == (2,)
+    assert tf.random.shuffle(tf.range(5)).shape == (5,)
+
+
 def test_same_seed_same_weights_and_restart_equals_uninterrupted(tmp_path):
     splits = tiny_splits()
     uninterrupted = _trainer(tmp_path, "a", splits)

@@ -79,7 +79,10 @@ class Config(ModelConfig):
     )
     eval_batch_size: int = setting(1000, "Batch size of evaluation.", minimum=1, resumable=True)
     deterministic: bool = setting(
-        True, "Deterministic ops: same seed and flags, same weights.", resumable=True
+        True,
+        "Deterministic ops: same seed and flags, same weights. Process-wide (TensorFlow's op "
+        "determinism), so it also sets the global seed to --seed.",
+        resumable=True,
     )
     check_numerics: bool = setting(
         False,

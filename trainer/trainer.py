@@ -92,7 +92,11 @@ class Trainer:
         """Model, optimizer, checkpoint and steps; restores the latest checkpoint."""
         c = self.config
         if c.deterministic:
+            # Op determinism is process-wide, and under it TensorFlow refuses any random op
+            # without a seed. The global seed keeps the caller's own unseeded ops (a Keras
+            # fit's shuffle in the same process) working; normlab's ops carry their own seeds.
             tf.config.experimental.enable_op_determinism()
+            tf.random.set_seed(c.seed)
         if c.check_numerics:
             tf.debugging.enable_check_numerics()
         info = self.splits.info
