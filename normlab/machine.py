@@ -34,8 +34,10 @@ def _memory_gb() -> float | None:
     return None
 
 
-def _git(root: str) -> str:
-    """The commit of the code that made the report, marked when the tree had changes."""
+def commit(root: str | None = None) -> str:
+    """The short commit of normlab's code (of the checkout at root, default this one), marked
+    when the tree had changes; "unknown" outside a git checkout."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(  # noqa: PLW1510 (a failure is an empty answer)
             ["git", "rev-parse", "--short", "HEAD"],
@@ -77,7 +79,7 @@ def describe() -> dict[str, str]:
         else str(os.cpu_count()),
         "memory": f"{memory:.1f} GB" if memory else "unknown",
         "os": platform.platform(),
-        "commit": _git(here),
+        "commit": commit(here),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
     }
 

@@ -2,7 +2,8 @@
 
 Each run is a Trainer model_dir `<root>/<run name>`. Next to the trainer's files the suite
 keeps `suite.json`: the run's outcome (complete or diverged), its measured wall time summed
-over every session that trained it, and the number of sessions. A run counts as done when its
+over every session that trained it, the number of sessions and the commits of the code that
+trained it. A run counts as done when its
 flags match the plan and either metrics.json reports the planned step (complete) or suite.json
 records a divergence (a non-finite loss: retrying would diverge again, identically).
 """
@@ -16,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from normlab import machine
 from normlab.report.design import RunSpec
 from normlab.trainer.config import Config, flags_path
 from normlab.trainer.errors import NonFiniteError, UsageError
@@ -35,6 +37,7 @@ class Outcome:
     metrics: dict
     wall_seconds: float | None
     diverged_at_step: int | None = None
+    commits: tuple[str, ...] = ()  # of the code that trained it; () if not recorded
 
 
 def read_json(path: str) -> dict | None:
@@ -86,6 +89,7 @@ def load_outcome(root: str, spec: RunSpec) -> Outcome:
         # A run trained outside the suite (train.py, same flags): the trainer's training time.
         wall_seconds=record.get("wall_seconds", metrics.get("train_seconds")),
         diverged_at_step=record.get("diverged_at_step"),
+        commits=tuple(record.get("commits", ())),
     )
 
 
@@ -114,6 +118,7 @@ def train(root: str, spec: RunSpec, splits, log: Callable[[str], None]) -> Outco
                 status=status,
                 wall_seconds=record.get("wall_seconds", 0.0) + time.perf_counter() - start,
                 sessions=record.get("sessions", 0) + 1,
+                commits=sorted(set(record.get("commits", [])) | {machine.commit()}),
             )
             if status == DIVERGED:
                 record["diverged_at_step"] = diverged_at

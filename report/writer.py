@@ -3,6 +3,7 @@ budget, table and figure, then the runs."""
 
 from __future__ import annotations
 
+import collections
 import os
 
 from normlab.core.tables import markdown_table
@@ -42,6 +43,15 @@ def _figure(ctx, key: str, caption: str) -> str:
     return f"![{caption}]({FIGURES_DIR}/{name})\n\n*{caption}*" if name else ""
 
 
+def _trained_by(runs) -> str:
+    """Which code trained the runs, from their suite records."""
+    counts = collections.Counter(c for o in runs for c in o.commits or ("not recorded",))
+    if len(counts) == 1:
+        return f"all trained by the code at commit {next(iter(counts))}"
+    listed = ", ".join(f"{c} ({n} runs)" for c, n in counts.most_common())
+    return f"trained by the code at commits {listed}"
+
+
 def header(ctx, r) -> str:
     m, t, runs = ctx["machine"], ctx["timing"], ctx["outcomes"]
     diverged = sum(o.status == DIVERGED for o in runs)
@@ -51,8 +61,8 @@ def header(ctx, r) -> str:
         f"{r.preset.description}). Every number is read from the runs under `{ctx['root']}` by "
         f"`report/`; regenerate this file from the same runs without training: "
         f"`{ctx['regenerate']}`.",
-        f"- Runs: {len(runs)} ({len(runs) - diverged} complete, {diverged} diverged), all "
-        f"trained by the code at commit {m['commit']}.\n"
+        f"- Runs: {len(runs)} ({len(runs) - diverged} complete, {diverged} diverged), "
+        f"{_trained_by(runs)}; this file written by the code at commit {m['commit']}.\n"
         f"- Wall time of the suite: **{duration(t['total'])}** (training {duration(t['runs'])}, "
         f"analyses {duration(t['analyses'])}, reading and writing {duration(t['overhead'])}).\n"
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['os']}; Python "

@@ -13,6 +13,7 @@ import types
 
 import pytest
 
+from normlab import machine
 from normlab.report import claims, design, pipeline, stats, suite
 from normlab.report.tables import SweepCell
 from normlab.trainer.errors import UsageError
@@ -110,6 +111,7 @@ def test_a_second_invocation_reuses_every_run_and_analysis(done):
     for spec in done.specs:
         record = suite.read_json(os.path.join(done.options.root, spec.name, suite.RECORD_FILE))
         assert record["sessions"] == 1  # the suite trained each once (the crash was before it)
+        assert record["commits"] == [machine.commit()]  # which code trained it
 
 
 def test_report_has_the_claims_every_section_and_its_figures(done):
@@ -136,7 +138,7 @@ def test_report_has_the_claims_every_section_and_its_figures(done):
     assert [int(n) for n, _ in table] == list(range(1, len(claims.CLAIMS) + 1))
     assert text.count("Budget: ") >= 8  # every section states its budget
     assert re.search(r"\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]%", text)  # means with intervals
-    for fact in ("--preset=tiny", "Wall time of the suite", "TensorFlow 2.", "commit"):
+    for fact in ("--preset=tiny", "Wall time of the suite", "TensorFlow 2.", "all trained by"):
         assert fact in text, fact
     links = set(re.findall(r"\]\((figures/[^)]+\.png)\)", text))
     assert len(links) == 9
