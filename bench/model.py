@@ -4,11 +4,11 @@
     python -m bench.model --arch=course --batch_size=64 --repeats=15
 
 Times the trainer's own compiled step (trainer.steps.TrainStep: forward, loss, backward,
-gradient norms, optimizer update) on one fixed batch, for every --norm x --norm_impl, and
-in every --precisions, and reports the median images/s, the ratio of each step's time to the
-no-norm step's (and to float32's) and, for
-batch norm, custom's time over the fastest built-in's: all measured in the same run, with the
-candidates interleaved in a fresh random order each round so machine noise hits all alike.
+gradient norms, optimizer update) on one fixed batch, for every --norm x --norm_impl in
+every --precisions, and reports the median images/s, the ratio of each step's time to the
+no-norm step's (and to float32's) and, for batch norm, custom's time over the fastest
+built-in's: all measured in the same run, with the candidates interleaved in a fresh random
+order each round so machine noise hits all alike.
 Not part of the test suite (timings on a shared machine are too noisy to assert).
 """
 
