@@ -93,3 +93,13 @@ def test_a_checkpoint_evaluates_under_another_precision(tmp_path):
     ).evaluate("test")
     assert abs(f32["loss"] - bf16["loss"]) < 0.05 * bf16["loss"]
     assert np.mean(f32["predictions"] == bf16["predictions"]) > 0.9
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_float16_on_a_cpu_says_it_is_slow_and_names_the_fast_precision(tmp_path, precision):
+    lines = []
+    config = Config(**{**SMALL, "train_steps": 1, "precision": precision})
+    Trainer(config, str(tmp_path / "run"), splits=tiny_splits(), log=lines.append).train()
+    noted = any("mixed_bfloat16 is the fast one" in line for line in lines)
+    on_cpu = not tf.config.list_physical_devices("GPU")
+    assert noted == (precision == "mixed_float16" and on_cpu), lines

@@ -236,6 +236,11 @@ class Trainer:
             f"training {c.norm} norm ({c.norm_impl}) on {c.dataset}: steps {start} -> "
             f"{total}, {self.steps_per_epoch} steps per epoch, batch {c.batch_size}"
         )
+        if c.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+            self.log(
+                "note: mixed_float16 without a GPU: TensorFlow's float16 CPU kernels are much "
+                "slower than float32's (bench/README.md); on a CPU, mixed_bfloat16 is the fast one"
+            )
         hooks = loop.Hooks(
             validate=self._validate,
             save=lambda step: self.manager.save(checkpoint_number=step),
