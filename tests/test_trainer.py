@@ -122,6 +122,32 @@ def test_save_restore_gives_identical_evaluation(tmp_path):
     assert not np.allclose(bn.moving_mean.numpy(), 0.0)
 
 
+def test_read_only_takes_the_newest_checkpoint_when_the_one_it_found_is_rotated_away(
+    tmp_path, monkeypatch
+):
+    """eval.py on a run that is training: the training deletes its oldest checkpoint at each
+    save, so the newest one eval.py found may vanish before it reads it."""
+    splits = tiny_splits()
+    trainer = _trainer(tmp_path, splits=splits)  # checkpoints at steps 5, 10 and 12
+    trainer.train()
+    trainer.close()
+    directory = tmp_path / "run" / "checkpoints"
+    for f in directory.glob("ckpt-5.*"):
+        f.unlink()  # rotated away
+    newest = tf.train.latest_checkpoint
+    looks = []
+
+    def stale_then_newest(path):  # the first looks still see the vanished checkpoint
+        looks.append(path)
+        return str(directory / "ckpt-5") if len(looks) <= 2 else newest(path)
+
+    monkeypatch.setattr(tf.train, "latest_checkpoint", stale_then_newest)
+    reader = Trainer(
+        trainer.config, str(tmp_path / "run"), splits=splits, log=lambda _: None, read_only=True
+    )
+    assert reader.restored.endswith("ckpt-12") and reader.current_step == 12
+
+
 def test_resume_with_conflicting_flags_is_refused(tmp_path):
     splits = tiny_splits()
     _trainer(tmp_path, splits=splits).train()

@@ -111,8 +111,8 @@ def evaluate_runs(
             if checkpoint:
                 trainer.restore(checkpoint)
                 used = os.path.basename(checkpoint)
-            elif trainer.manager.latest_checkpoint:
-                used = os.path.basename(trainer.manager.latest_checkpoint)
+            elif trainer.restored:
+                used = os.path.basename(trainer.restored)
             else:
                 raise RunError("no checkpoint yet (has training saved one?)")
             result = trainer.evaluate("test")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -40,6 +41,10 @@ class Trainer:
         splits: preloaded data (tests, eval.py, report.py); loaded from config otherwise.
         log: where progress lines go.
         read_only: for evaluating a run: write nothing into model_dir; training is refused.
+            The newest checkpoint is restored even while another process trains the run.
+
+    Attributes (besides the model, optimizer, steps and writers):
+        restored: the path of the checkpoint last restored (None: a new run).
     """
 
     def __init__(
@@ -140,7 +145,10 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=c.max_to_keep, step_counter=self.step
         )
-        self._restore(self.manager.latest_checkpoint if self.is_chief else latest)
+        if self.read_only:
+            self._restore_newest()
+        else:
+            self._restore(self.manager.latest_checkpoint if self.is_chief else latest)
         if self.current_step > self.total_steps:
             raise UsageError(
                 f"{self.model_dir} is at step {self.current_step}, beyond --train_steps / "
@@ -178,7 +186,29 @@ class Trainer:
             )
         self._restore(found)
 
+    def _restore_newest(self) -> None:
+        """Restores the newest checkpoint of a run that another process may be training.
+
+        That process deletes its oldest checkpoint each time it saves one, so with frequent
+        saves the checkpoint that was newest when this one looked may be gone when it reads.
+        Then it takes the newest again; a checkpoint that is still the newest and fails is
+        damaged or of another model, and the error says so.
+        """
+        path = tf.train.latest_checkpoint(self.run_dir.checkpoint_dir)
+        for _ in range(50):
+            try:
+                self._restore(path)
+                return
+            except RunError:
+                time.sleep(0.1)
+                newest = tf.train.latest_checkpoint(self.run_dir.checkpoint_dir)
+                if newest == path:
+                    raise
+                path = newest
+        self._restore(path)
+
     def _restore(self, path: str | None) -> None:
+        self.restored = path
         if path is None:
             return
         try:
