@@ -9,6 +9,11 @@ before anything else imports TensorFlow; if TensorFlow was imported already, it 
 Python errors raised meanwhile are re-raised after the restore, so nothing real is hidden.
 NORMLAB_VERBOSE=1 keeps everything.
 
+TF_CPP_MIN_LOG_LEVEL defaults to 3 (a user's own setting is kept): TensorFlow's C++ logs its
+notices at ERROR level too ("oneDNN supports DT_HALF only on platforms with AVX-512" at the
+first float16 op), which reads as a failure on a user's terminal; real failures still arrive
+as Python exceptions with their messages.
+
 It lives here, in the import package, because importing it must not import TensorFlow (every
 other package of normlab does).
 """
@@ -19,7 +24,7 @@ import sys
 
 def import_tensorflow():
     """Imports TensorFlow quietly (once) and returns the module."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ.get("NORMLAB_VERBOSE") or "tensorflow" in sys.modules:
         import tensorflow as tf
 

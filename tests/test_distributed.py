@@ -38,7 +38,7 @@ F32, F64 = tolerance(tf.float32), tolerance(tf.float64)
 
 
 def _env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    return dict(os.environ, PYTHONPATH=ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,7 @@ def test_synchronized_batch_norm_on_2_replicas_equals_one_device(tmp_path):
         [sys.executable, "-m", "tests.keras_mirrored_check", "--json", str(path)],
         check=False,  # the assertion below shows the child's stderr instead
         cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        env=dict(os.environ),
         capture_output=True,
         text=True,
         timeout=240,
