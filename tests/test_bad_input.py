@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.fixtures import ROOT, write_idx_dataset
+from tests.fixtures import ROOT
 from tests.fixtures import run_program as run
 
 FAST = [
@@ -34,13 +34,6 @@ def snapshot(directory) -> dict:
                 open(path, "rb").read()
             ).hexdigest()
     return out
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("fmnist"))
-    write_idx_dataset(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

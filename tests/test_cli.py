@@ -6,7 +6,6 @@ import os
 import pytest
 
 from tests.fixtures import run_program as run
-from tests.fixtures import write_idx_dataset
 
 FAST = [
     "--batch_size=32",
@@ -19,13 +18,6 @@ FAST = [
     "--summary_every=2",
     "--eval_batch_size=64",
 ]
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fmnist")
-    write_idx_dataset(str(directory))
-    return str(directory)
 
 
 def test_train_resume_and_eval(tmp_path, idx_dir):

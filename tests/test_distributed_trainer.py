@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.fixtures import free_ports, write_idx_dataset
+from tests.fixtures import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = [
@@ -25,13 +25,6 @@ FLAGS = [
     "--checkpoint_every=6",
     "--lr_schedule=constant",
 ]
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("fmnist"))
-    write_idx_dataset(directory)
-    return directory
 
 
 def train(model_dir, *args, env=None, wait=True):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.fixtures import ROOT, write_idx_dataset
+from tests.fixtures import ROOT
 
 FLAGS = [
     "--batch_size=32",
@@ -35,13 +35,6 @@ _AS_FROM_A_TERMINAL = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
 )
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("fmnist"))
-    write_idx_dataset(directory)
-    return directory
 
 
 def _distinct_free_ports(n):
