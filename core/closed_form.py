@@ -1,7 +1,9 @@
-"""Standardize-then-affine with a closed-form backward: the fast path of batch, layer, group norm.
+"""Standardize-then-affine with a closed-form backward: the fast path of batch, layer, group
+and RMS norm.
 
 Batch, layer and group norm are one primitive: standardize x over some axes with per-slice mean
-and variance, then scale and shift by gamma and beta, which vary along other axes:
+and variance, then scale and shift by gamma and beta, which vary along other axes (RMS norm is
+the same primitive with mean = 0, var = mean(x^2) and beta = 0: `center=False`):
 
     mean, var = moments(x, axes)                     (shifted one-pass, bounded error: _moments)
     xhat      = (x - mean) * r,   r = rsqrt(var + eps)
@@ -135,9 +137,21 @@ def _moments(x: tf.Tensor, axes: Sequence[int], compiled: bool, two_pass: bool):
     return stats.from_shifted_sums(m0, sum_d, sum_d2, n)
 
 
-def _forward(x, gamma, beta, axes, eps, compiled, two_pass):
+def _mean_square(x: tf.Tensor, axes: Sequence[int], compiled: bool):
+    """(0, mean(x^2)) over `axes` (kept, size 1): RMS norm's statistics, as a zero mean and a
+    "variance" about zero, in float32 (float64 for float64). No cancellation: a plain sum."""
+    x = tf.cast(x, _checks.stats_dtype(x.dtype))
+    (sum_x2,) = _sums([tf.square(x)], axes, stacked=compiled)
+    mean_square = sum_x2 / _count(x, axes, x.dtype)
+    return tf.zeros_like(mean_square), mean_square
+
+
+def _forward(x, gamma, beta, axes, eps, compiled, two_pass, center):
     """y, mean, var, r on the merged layout; mean, var and r keep the reduced axes (size 1)."""
-    mean, variance = _moments(x, axes, compiled=compiled, two_pass=two_pass)
+    if center:
+        mean, variance = _moments(x, axes, compiled=compiled, two_pass=two_pass)
+    else:
+        mean, variance = _mean_square(x, axes, compiled)
     dtype = mean.dtype
     inv_std = tf.math.rsqrt(variance + tf.constant(eps, dtype))
     # As core.stats.normalize: x - mean before scaling, so a large offset cancels exactly.
@@ -146,9 +160,12 @@ def _forward(x, gamma, beta, axes, eps, compiled, two_pass):
 
 
 def _backward(
-    x, gamma, beta, mean, inv_std, dy, dmean, dvar, axes, gamma_axes, beta_axes, compiled
+    x, gamma, beta, mean, inv_std, dy, dmean, dvar, axes, gamma_axes, beta_axes, compiled, center
 ):
     """((dx, dgamma, dbeta), coefficients) on the merged layout, in x's, gamma's, beta's dtypes.
+
+    center=False (RMS norm): the mean is the constant 0, so dx loses the mean(dxhat) term and
+    no gradient flows into the mean.
 
     gamma_axes / beta_axes are the axes along which gamma / beta are broadcast (size 1). The
     normalized axes split into `inner` ones, along which gamma is constant (all of them for
@@ -186,11 +203,14 @@ def _backward(
     # as one fused expression a * dy + b * (x - mean) + c with small per-slice coefficients.
     a = inv_std * g
     b = -tf.square(inv_std) * mean_dxhat_xhat
-    c = -inv_std * mean_dxhat
     if dvar is not None:
         b = b + 2.0 * tf.cast(dvar, dtype) / n
-    if dmean is not None:
-        c = c + tf.cast(dmean, dtype) / n
+    if center:
+        c = -inv_std * mean_dxhat
+        if dmean is not None:
+            c = c + tf.cast(dmean, dtype) / n
+    else:
+        c = tf.zeros([], dtype)
     dx = a * dy + b * centered + c
     grads = (tf.cast(dx, x.dtype), tf.cast(dgamma, gamma.dtype), tf.cast(dbeta, beta.dtype))
     # a, b, c are returned (and dropped by the caller) only so that XLA computes them once:
@@ -297,6 +317,7 @@ def standardize(
     *,
     compiled: bool | None = None,
     two_pass: bool = False,
+    center: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """`(x - mean) * rsqrt(var + eps) * gamma + beta` over `axes`, with a closed-form gradient.
 
@@ -312,6 +333,8 @@ def standardize(
             2^16 elements (or a size unknown at trace time).
         two_pass: the corrected two-pass statistics of core.stats.moments instead of the
             default shifted one-pass ones (see _moments; for the benchmark's comparison).
+        center: False for RMS norm: mean = 0 and variance = mean(x^2) (the same primitive
+            without centering; pass zeros as beta).
 
     Returns:
         (y, mean, variance): y in x's dtype; mean and variance keep the reduced axes (size 1),
@@ -339,6 +362,7 @@ def standardize(
             merged_axes,
             eps,
             two_pass,
+            center,
         )
         forward, backward = _xla(_forward, signature), _xla(_backward, signature)
 
@@ -348,7 +372,7 @@ def standardize(
         # `grad` below). Otherwise TensorFlow runs a variant of the compiled function that also
         # outputs the intermediates its own autodiff would need: a full-size x - m0 here.
         inputs = [tf.stop_gradient(t) for t in (xm, gm, bm)]
-        y, mean, variance, inv_std = forward(*inputs, merged_axes, eps, compiled, two_pass)
+        y, mean, variance, inv_std = forward(*inputs, merged_axes, eps, compiled, two_pass, center)
 
         def grad(dy, dmean, dvar):
             grads, _ = backward(
@@ -364,6 +388,7 @@ def standardize(
                 gamma_axes,
                 beta_axes,
                 compiled,
+                center,
             )
             return _first_order_only(*grads)
 

@@ -139,7 +139,9 @@ def group_norm(
     return tf.cast(y, x.dtype)
 
 
-def rms_norm(x: tf.Tensor, gamma: tf.Tensor, eps: float = 1e-6) -> tf.Tensor:
+def rms_norm(
+    x: tf.Tensor, gamma: tf.Tensor, eps: float = 1e-6, *, backward: str = "closed_form"
+) -> tf.Tensor:
     """RMS normalization (Zhang & Sennrich 2019): layer norm without centering or offset.
 
     Per example, over every axis but the first:
@@ -153,17 +155,22 @@ def rms_norm(x: tf.Tensor, gamma: tf.Tensor, eps: float = 1e-6) -> tf.Tensor:
         x: [N, ..., C] float tensor.
         gamma: [C] or x.shape[1:].
         eps: > 0, inside the root. Default 1e-6 as in Keras RMSNormalization.
+        backward: "closed_form" (the default, faster) or "autodiff"; as in `layer_norm`. The
+            closed form is layer norm's primitive without centering:
+            dx = r * (dy * gamma - xhat * mean(dy * gamma * xhat)), xhat = x * r.
 
     Raises:
         TypeError: a non-floating input.
-        ValueError: rank < 2, gamma of another shape, eps <= 0.
+        ValueError: rank < 2, gamma of another shape, eps <= 0, a bad `backward`.
     """
     x = _checks.as_float_tensor(x, "x", min_rank=2)
     gamma = _per_example_param(gamma, "gamma", x)
     eps = _checks.check_eps(eps)
+    axes = list(range(1, x.shape.rank))
+    if closed_form.check_backward(backward) == "closed_form":
+        beta = tf.zeros_like(gamma)  # no offset; its gradient is computed and dropped
+        return closed_form.standardize(x, gamma, beta, axes, eps, center=False)[0]
     dtype = _checks.stats_dtype(x.dtype)
-    mean_square = tf.reduce_mean(
-        tf.square(tf.cast(x, dtype)), axis=list(range(1, x.shape.rank)), keepdims=True
-    )
+    mean_square = tf.reduce_mean(tf.square(tf.cast(x, dtype)), axis=axes, keepdims=True)
     zero = tf.zeros([], dtype)
     return normalize(x, zero, mean_square, gamma, None, eps)

@@ -65,6 +65,18 @@ def rms_norm(x, gamma, eps):
     return x / np.sqrt(ms + eps) * gamma
 
 
+def rms_norm_grads(x, gamma, eps, dy):
+    """(dx, dgamma) of sum(rms_norm(x) * dy) for per-channel gamma. With r = 1/sqrt(ms + eps)
+    and dr/dx_j = -r^3 x_j / m (m values per example): dx = r (g - x r^2 mean(g x)), g = dy gamma.
+    """
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    axes = tuple(range(1, x.ndim))
+    r = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)
+    g = dy * gamma
+    dx = r * g - x * r**3 * np.mean(g * x, axis=axes, keepdims=True)
+    return dx, (dy * x * r).sum(axis=tuple(range(x.ndim - 1)))
+
+
 def weight_norm(v, g):
     v = np.asarray(v, np.float64)
     norm = np.sqrt(np.sum(v * v, axis=tuple(range(v.ndim - 1))))

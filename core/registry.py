@@ -216,7 +216,7 @@ NORMS: dict[str, Norm] = {
             paper="Zhang & Sennrich 2019",
             target=ACTIVATIONS,
             params=(_GAMMA,),
-            custom=Implementation("normlab", core.rms_norm),
+            custom=Implementation("normlab", core.rms_norm, closed_form=True),
             builtins=(Implementation("keras RMSNormalization", builtin.rms_norm_keras),),
             reference=reference.rms_norm,
             eps=1e-6,

@@ -174,6 +174,39 @@ def test_every_dtype_matches_reference(name, shape, groups, dtype, backward, pat
     assert_close(dbeta, expected[2], beta.dtype, "dbeta")
 
 
+RMS_SHAPES = [(16, 12), (2, 3), (8, 5, 5, 6), (4, 3, 7, 7, 4)]
+
+
+def _rms_value_and_grads(backward, dy, x, gamma):
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma])
+        y = core.rms_norm(x, gamma, EPS, backward=backward)
+    return [y] + tape.gradient(y, [x, gamma], output_gradients=dy)
+
+
+@pytest.mark.parametrize("full_gamma", [False, True], ids=["gamma [C]", "gamma x.shape[1:]"])
+@pytest.mark.parametrize("shape", RMS_SHAPES, ids=str)
+def test_rms_norm_matches_autodiff_in_float64(shape, full_gamma, path):
+    """RMS norm's closed form (the primitive with center=False) against autodiff."""
+    x, gamma, _, dy = _float64_inputs(shape, param_shape=shape[1:] if full_gamma else None)
+    closed = _rms_value_and_grads("closed_form", dy, x, gamma)
+    auto = _rms_value_and_grads("autodiff", dy, x, gamma)
+    for what, c, a in zip(["y", "dx", "dgamma"], closed, auto):
+        _assert_rel(c, a, FLOAT64_RTOL, f"rms {shape} {what}")
+
+
+@pytest.mark.parametrize("backward,path", BACKWARD_PATHS, indirect=["path"], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: d.name)
+def test_rms_norm_every_dtype_matches_reference(dtype, backward, path):
+    x, x64, gamma, gamma64, _, _, dy, dy64 = _dtype_inputs((8, 5, 5, 6), dtype)
+    y, dx, dgamma = _rms_value_and_grads(backward, dy, x, gamma)
+    expected_dx, expected_dgamma = ref.rms_norm_grads(x64, gamma64, EPS, dy64)
+    assert (y.dtype, dx.dtype, dgamma.dtype) == (dtype, dtype, gamma.dtype)
+    assert_close(y, ref.rms_norm(x64, gamma64, EPS), dtype, "y")
+    assert_close(dx, expected_dx, dtype, "dx")
+    assert_close(dgamma, expected_dgamma, gamma.dtype, "dgamma")
+
+
 def test_half_precision_parameters_keep_their_dtype(path):
     """float16 gamma/beta get float16 gradients; the arithmetic is float32 all the same."""
     x, x64, _, gamma64, _, beta64, dy, dy64 = _dtype_inputs((8, 5, 5, 6), tf.bfloat16)
