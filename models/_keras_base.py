@@ -43,21 +43,25 @@ def _stats_dtype(x: tf.Tensor) -> tf.DType:
 def per_example(x, axes, gamma, beta, eps, *, rms: bool = False) -> tf.Tensor:
     """Normalizes x over `axes` per slice; gamma / beta shaped like those axes (beta None: RMS).
 
-    RMS norm over trailing axes: core.rms_norm on x viewed as [-1, size] (a free reshape).
-    Layer norm over one trailing axis (`axis=-1`): core.layer_norm on x viewed as [-1, 1, C]
-    (rank 3, not [-1, C]: the closed form compiles image-sized inputs of rank >= 3 only).
-    Layer norm over several trailing axes (e.g. every non-batch axis): core.layer_norm with
-    unit scale on x viewed as [-1, size, 1], then the element-wise gamma and beta, because the
-    closed form's backward is fastest with gamma constant over the normalized axis; the
-    arithmetic stays in float32 until the final cast. Other axes: core.moments /
-    core.normalize (corrected two-pass statistics, differentiated by TensorFlow).
+    RMS norm over trailing axes: core.rms_norm with backward="autodiff" on x viewed as
+    [-1, size] (a free reshape). Its closed form is faster with a known batch size (the
+    trainer's case) but slower in model.fit, which traces with an unknown one (both measured
+    by bench.keras_fit; bench/README.md). Layer norm over one trailing axis (`axis=-1`):
+    core.layer_norm on x viewed as [-1, 1, C] (rank 3, not [-1, C]: the closed form compiles
+    image-sized inputs of rank >= 3 only). Layer norm over several trailing axes (e.g. every
+    non-batch axis): core.layer_norm with unit scale on x viewed as [-1, size, 1], then the
+    element-wise gamma and beta, because the closed form's backward is fastest with gamma
+    constant over the normalized axis; the arithmetic stays in float32 until the final cast.
+    Other axes: core.moments / core.normalize (corrected two-pass statistics, differentiated
+    by TensorFlow).
     """
     rank = x.shape.rank
     dtype = _stats_dtype(x)
     if axes == list(range(rank - len(axes), rank)):
         width = math.prod(x.shape[a] for a in axes)
         if rms:
-            y = core.rms_norm(tf.reshape(x, [-1, width]), tf.reshape(gamma, [width]), eps)
+            flat, scale = tf.reshape(x, [-1, width]), tf.reshape(gamma, [width])
+            y = core.rms_norm(flat, scale, eps, backward="autodiff")
         elif len(axes) == 1:
             y = core.layer_norm(tf.reshape(x, [-1, 1, width]), gamma, beta, eps)
         else:
