@@ -1,4 +1,5 @@
-"""Startup repairs of a checkpoint directory after a training process was killed.
+"""Checkpoints: restoring one (also of a run another process is training), and the start-up
+repairs of a checkpoint directory after a training process was killed.
 
 tf.train.CheckpointManager writes a checkpoint's files under a `*_temp` name, renames them,
 then records the checkpoint in the `checkpoint` state file and deletes the oldest beyond
@@ -15,8 +16,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 
 import tensorflow as tf
+
+from normlab.trainer.errors import RunError
 
 _CHECKPOINT_FILE = re.compile(r"^(?P<prefix>ckpt-\d+)\.(index|data-\d{5}-of-\d{5})$")
 
@@ -66,3 +70,47 @@ def remove_unlisted_and_excess(checkpoint_dir: str, max_to_keep: int) -> list[st
             last_preserved_timestamp=state.last_preserved_timestamp,
         )
     return removed
+
+
+def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    """Restores every object of `checkpoint` from `path`, or raises RunError saying what to do.
+
+    assert_consumed, not assert_existing_objects_matched: a batch-norm checkpoint holds every
+    variable a layer-norm model has (gamma, beta, kernels) plus moving statistics, and would
+    otherwise restore "successfully" into the wrong model.
+    """
+    try:
+        checkpoint.restore(path).assert_consumed()
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OpError,
+        # AssertionError, ValueError, IndexError "read less bytes than requested", ...)
+        raise RunError(
+            f"cannot restore {path}: it is damaged or does not match this model "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Was it written by "
+            "another architecture or norm? Use a new --model_dir."
+        ) from None
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, checkpoint_dir: str) -> str | None:
+    """Restores the newest checkpoint of a run that another process may be training; returns
+    its path (None: there is none yet).
+
+    That process deletes its oldest checkpoint each time it saves one, so with frequent saves
+    the checkpoint that was newest when this one looked may be gone when it reads. Then it
+    takes the newest again; a checkpoint that is still the newest and fails is damaged or of
+    another model, and the error says so.
+    """
+    path = tf.train.latest_checkpoint(checkpoint_dir)
+    for _ in range(50):
+        if path is None:
+            return None
+        try:
+            restore(checkpoint, path)
+            return path
+        except RunError:
+            time.sleep(0.1)
+            newest = tf.train.latest_checkpoint(checkpoint_dir)
+            if newest == path:
+                raise
+            path = newest
+    restore(checkpoint, path)
+    return path

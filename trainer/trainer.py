@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -23,9 +22,9 @@ import tensorflow as tf
 
 from normlab import data
 from normlab.models import build_model
-from normlab.trainer import distribute, loop, optim, steps, summaries
+from normlab.trainer import checkpoints, distribute, loop, optim, steps, summaries
 from normlab.trainer.config import Config
-from normlab.trainer.errors import NonFiniteError, RunError, UsageError
+from normlab.trainer.errors import NonFiniteError, UsageError
 from normlab.trainer.run_dir import RunDirectory
 from normlab.trainer.signals import StopOnSignals
 
@@ -146,7 +145,7 @@ class Trainer:
             self.checkpoint, directory, max_to_keep=c.max_to_keep, step_counter=self.step
         )
         if self.read_only:
-            self._restore_newest()
+            self.restored = checkpoints.restore_newest(self.checkpoint, directory)
         else:
             self._restore(self.manager.latest_checkpoint if self.is_chief else latest)
         if self.current_step > self.total_steps:
@@ -186,44 +185,11 @@ class Trainer:
             )
         self._restore(found)
 
-    def _restore_newest(self) -> None:
-        """Restores the newest checkpoint of a run that another process may be training.
-
-        That process deletes its oldest checkpoint each time it saves one, so with frequent
-        saves the checkpoint that was newest when this one looked may be gone when it reads.
-        Then it takes the newest again; a checkpoint that is still the newest and fails is
-        damaged or of another model, and the error says so.
-        """
-        path = tf.train.latest_checkpoint(self.run_dir.checkpoint_dir)
-        for _ in range(50):
-            try:
-                self._restore(path)
-                return
-            except RunError:
-                time.sleep(0.1)
-                newest = tf.train.latest_checkpoint(self.run_dir.checkpoint_dir)
-                if newest == path:
-                    raise
-                path = newest
-        self._restore(path)
-
     def _restore(self, path: str | None) -> None:
         self.restored = path
-        if path is None:
-            return
-        try:
-            # assert_consumed, not assert_existing_objects_matched: a batch-norm checkpoint
-            # holds every variable a layer-norm model has (gamma, beta, kernels) plus moving
-            # statistics, and would otherwise restore "successfully" into the wrong model.
-            self.checkpoint.restore(path).assert_consumed()
-        except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OpError,
-            # AssertionError, ValueError, IndexError "read less bytes than requested", ...)
-            raise RunError(
-                f"cannot restore {path}: it is damaged or does not match this model "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Was it written by "
-                "another architecture or norm? Use a new --model_dir."
-            ) from None
-        self.log(f"resumed from {path} at step {self.current_step}")
+        if path is not None:
+            checkpoints.restore(self.checkpoint, path)
+            self.log(f"resumed from {path} at step {self.current_step}")
 
     # -- training ----------------------------------------------------------------------------
 
