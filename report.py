@@ -1,7 +1,7 @@
 """Runs the experiment suite and writes the report of findings (REPORT.md and its figures).
 
 Usage:
-    .venv/bin/python report.py --root=runs/report --preset=quick      # ~15 minutes
+    .venv/bin/python report.py --root=runs/report --preset=quick      # ~40 minutes
     .venv/bin/python report.py --root=runs/report --preset=full --out=report  # the report
     .venv/bin/python report.py --root=runs/report --preset=full --out=report --report_only
     .venv/bin/python report.py --preset=full --plan                   # the runs, no training

@@ -17,8 +17,8 @@ flags.DEFINE_enum(
     "preset",
     "quick",
     list(design.PRESETS),
-    "quick: ~15 min, fractions of an epoch (first look, smoke test); full: the report's "
-    "numbers, about 3 h on 2 cores; tiny: for the tests only.",
+    "quick: ~40 min on 2 cores, fractions of an epoch (first look, smoke test); full: the "
+    "report's numbers, hours; tiny: for the tests only.",
 )
 flags.DEFINE_string("out", "", "Where REPORT.md and figures/ go; empty: --root.")
 flags.DEFINE_string(

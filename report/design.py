@@ -91,13 +91,15 @@ class Preset:
     checkpoint_examples: int = 64000
 
 
-FULL = Preset("full", "the report's numbers: 3 seeds everywhere; about 3.5 h on 2 cores")
+FULL = Preset(
+    "full", "the report's numbers: 3 seeds everywhere; hours on 2 cores (REPORT.md states them)"
+)
 PRESETS = {
     "full": FULL,
     "quick": dataclasses.replace(
         FULL,
         name="quick",
-        description="a first look and a smoke test: 3 seeds, fractions of an epoch; ~15 min",
+        description="a first look and a smoke test: 3 seeds, fractions of an epoch; ~40 min",
         bn_momentum=0.95,  # short runs: the moving averages must forget their initial values
         cnn_epochs=0.25,
         converged_epochs=0.5,
@@ -285,25 +287,30 @@ def plan(preset: Preset, data_dir: str, train_examples: int) -> list[RunSpec]:
     return list(specs.values())
 
 
+def epochs(n: float) -> str:
+    """'1 epoch', '0.5 epochs', '30 epochs'."""
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
 def budget(preset: Preset, section: str) -> str:
     """The section's training budget, in words (every section of the report states it)."""
     p = preset
     seeds = f"{len(p.seeds)} seeds ({', '.join(map(str, p.seeds))})"
     cnn = f"batch {p.reference_batch}, SGD momentum 0.9, cosine decay from {p.base_lr:g}"
     return {
-        "cnn": f"{p.cnn_epochs:g} epochs, {cnn}, {seeds}",
-        "converged": f"{p.converged_epochs:g} epochs with augmentation (flips, 2-pixel shifts), "
+        "cnn": f"{epochs(p.cnn_epochs)}, {cnn}, {seeds}",
+        "converged": f"{epochs(p.converged_epochs)} with augmentation (flips, 2-pixel shifts), "
         f"{cnn}, {seeds}",
-        "long": f"batch norm only, {p.long_epochs:g} epochs with augmentation, {cnn}, {seeds}",
-        "impl": f"{p.cnn_epochs:g} epochs as section cnn, seed {p.seeds[0]}; twins: "
+        "long": f"batch norm only, {epochs(p.long_epochs)} with augmentation, {cnn}, {seeds}",
+        "impl": f"{epochs(p.cnn_epochs)} as section cnn, seed {p.seeds[0]}; twins: "
         f"{p.twin_steps} steps in lock step",
-        "batch": f"{p.batch_epochs:g} epoch(s) at every batch size (the same examples), lr "
+        "batch": f"{epochs(p.batch_epochs)} at every batch size (the same examples), lr "
         f"{p.base_lr:g} x B / {p.reference_batch}, bn momentum {p.bn_momentum} ^ (B / "
         f"{p.reference_batch}), {seeds}",
-        "lr": f"{p.lr_epochs:g} epochs at batch {p.reference_batch}, SGD momentum 0.9, cosine "
+        "lr": f"{epochs(p.lr_epochs)} at batch {p.reference_batch}, SGD momentum 0.9, cosine "
         f"decay from each peak rate, {seeds}",
-        "lstm": f"{p.lstm_epochs:g} epochs, batch {p.reference_batch}, Adam at a constant "
+        "lstm": f"{epochs(p.lstm_epochs)}, batch {p.reference_batch}, Adam at a constant "
         f"{p.lstm_lr:g}, {seeds}; built-ins seed {p.seeds[0]}",
-        "lstm_batch": f"{p.lstm_batch_epochs:g} epoch(s) at every batch size, Adam at "
+        "lstm_batch": f"{epochs(p.lstm_batch_epochs)} at every batch size, Adam at "
         f"{p.lstm_lr:g} x sqrt(B / {p.reference_batch}), {seeds}",
     }[section]

@@ -107,9 +107,9 @@ def summary(r, claims) -> str:
     longest = [x for x in (r.long.rows if r.long else []) if x.test_acc]
     if longest:
         lines.append(
-            f"- **The best batch-norm CNN** ({r.preset.long_epochs:g} epochs with augmentation) "
-            f"reaches {_acc(longest[0].test_acc)}; the published 2 conv + pooling + BN network "
-            f"{100 * PUBLISHED_BN_CNN:.1f}% (table long)."
+            f"- **The best batch-norm CNN** ({design.epochs(r.preset.long_epochs)} with "
+            f"augmentation) reaches {_acc(longest[0].test_acc)}; the published 2 conv + "
+            f"pooling + BN network {100 * PUBLISHED_BN_CNN:.1f}% (table long)."
         )
     lines.append(
         f"- **Why:** batch norm's faster training is {verdict[2]} (claim 2) and its tolerance of "
