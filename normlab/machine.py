@@ -38,21 +38,15 @@ def commit(root: str | None = None) -> str:
     """The short commit of normlab's code (of the checkout at root, default this one), marked
     when the tree had changes; "unknown" outside a git checkout."""
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str:
+        return subprocess.run(  # noqa: PLW1510 (a failure is an empty answer)
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
     try:
-        commit = subprocess.run(  # noqa: PLW1510 (a failure is an empty answer)
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(  # noqa: PLW1510 (a failure is an empty answer)
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if not commit:

@@ -100,9 +100,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, checkpoint_dir: str) -> str 
     another model, and the error says so.
     """
     path = tf.train.latest_checkpoint(checkpoint_dir)
-    for _ in range(50):
-        if path is None:
-            return None
+    while path is not None:  # each retry needs a newer checkpoint, so this ends
         try:
             restore(checkpoint, path)
             return path
@@ -112,5 +110,4 @@ def restore_newest(checkpoint: tf.train.Checkpoint, checkpoint_dir: str) -> str 
             if newest == path:
                 raise
             path = newest
-    restore(checkpoint, path)
-    return path
+    return None
