@@ -1,13 +1,15 @@
-"""Runs the experiment suite and writes the report of findings (REPORT.md and its figures).
+"""Trains the report's suite and writes REPORT.md from its records (report/results/).
 
 Usage:
-    .venv/bin/python report.py --root=runs/report --preset=quick      # ~40 minutes
-    .venv/bin/python report.py --root=runs/report --preset=full --out=report  # the report
-    .venv/bin/python report.py --root=runs/report --preset=full --out=report --report_only
-    .venv/bin/python report.py --preset=full --plan                   # the runs, no training
+    .venv/bin/python report.py --preset=full --plan        # the jobs and their predicted time
+    .venv/bin/python report.py --preset=full               # train what has no record, write
+    .venv/bin/python report.py --preset=full --write       # REPORT.md from the records alone
+    .venv/bin/python report.py --preset=tiny               # every section in minutes, a fixture
+    .venv/bin/python report.py --preset=full --shard=1/4   # machine 2 of 4 (see BUILD_NOTES)
 
-Runs already complete under --root are reused; an interrupted run resumes from its checkpoint.
-The design of the presets: report/design.py.
+A job whose record exists (same configuration hash) is done on any machine; an interrupted run
+resumes from its checkpoint under --root. The design: report/design.py; the claims:
+report/claims.py.
 """
 
 import sys

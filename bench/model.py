@@ -50,6 +50,34 @@ def _candidates(precisions) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def step_runner(trainer, images, labels):
+    def call():
+        return trainer.train_step(images, labels)
+
+    return call
+
+
+def interleaved(calls: dict, rounds: int, per_round: int, rng: random.Random) -> dict:
+    """Seconds per call of each candidate, one sample per round: every round times `per_round`
+    calls of each candidate in a fresh random order (so the shared machine's load falls on all
+    alike), reading the last call's loss to wait for it, after one untimed round. The report's
+    cost analysis and this benchmark time steps this way; one round's samples pair up."""
+    samples = {name: [] for name in calls}
+    for name in calls:  # an untimed round first: the first calls of a step run slower
+        for _ in range(per_round):
+            calls[name]()
+    for _ in range(rounds):
+        order = list(calls)
+        rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(per_round):
+                metrics = calls[name]()
+            float(metrics[summaries.LOSS])
+            samples[name].append((time.perf_counter() - start) / per_round)
+    return samples
+
+
 def run(args) -> dict:
     splits = tiny_splits(n_train=max(args.batch_size, 256), n_val=0, n_test=16)
     rng = random.Random(0)
@@ -75,17 +103,12 @@ def run(args) -> dict:
             for _ in range(3):  # trace, compile, warm up
                 float(trainer.train_step(images, labels)[summaries.LOSS])
             steps[name] = trainer
-        samples = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            order = list(steps)
-            rng.shuffle(order)
-            for name in order:
-                trainer = steps[name]
-                start = time.perf_counter()
-                for _ in range(args.calls):
-                    metrics = trainer.train_step(images, labels)
-                float(metrics[summaries.LOSS])
-                samples[name].append((time.perf_counter() - start) / args.calls)
+        samples = interleaved(
+            {name: step_runner(trainer, images, labels) for name, trainer in steps.items()},
+            args.repeats,
+            args.calls,
+            rng,
+        )
     median = {name: statistics.median(s) for name, s in samples.items()}
     rows = {}
     for name, t in median.items():

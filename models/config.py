@@ -137,6 +137,12 @@ class ModelConfig:
         "the first batch).",
         choices=WN_INITS,
     )
+    recurrent_gain: float = setting(
+        0.1,
+        "LSTM with batch norm: initial gain (gamma) of the recurrent batch norms; 0.1 as "
+        "Cooijmans et al. 2016 recommend (gain 1 saturates the gates).",
+        above=0.0,
+    )
     norm_backward: str = setting(
         "closed_form",
         "Gradient of the custom norms: closed_form (hand-derived, fast) or autodiff "
@@ -166,6 +172,12 @@ class ModelConfig:
                         f"sizes: widths {fixed.widths}, dense_units {fixed.dense_units}); drop it "
                         "or use --arch=default."
                     )
+        if self.recurrent_gain != ModelConfig.recurrent_gain and (
+            self.arch != "lstm" or self.norm != "batch"
+        ):
+            raise ConfigError(
+                "--recurrent_gain applies to --arch=lstm with --norm=batch only; drop it."
+            )
         if self.wn_init == "data" and self.norm != "weight":
             raise ConfigError("--wn_init=data applies to --norm=weight only.")
         if self.arch == "lstm":

@@ -123,7 +123,9 @@ class LSTM(tf.Module):
                 name=name,
             )
             if norm.moving_statistics:
-                return recurrent_batch_norm(norm, channels_, steps, center=center, **settings)
+                return recurrent_batch_norm(
+                    norm, channels_, steps, center=center, gain=config.recurrent_gain, **settings
+                )
             return make_norm(norm, channels_, groups=config.groups, **settings)
 
         self.input = kernel(0, "input", [self.features, 4 * units], glorot_uniform, False)

@@ -204,6 +204,7 @@ def recurrent_batch_norm(
     momentum: float = 0.99,
     backward: str = "closed_form",
     synchronized: bool = False,
+    gain: float = RECURRENT_GAIN,
     name: str | None = None,
 ) -> RecurrentBatchNorm:
     """RecurrentBatchNorm with the functions of registry entry `norm` (one with moving
@@ -226,5 +227,6 @@ def recurrent_batch_norm(
         momentum=momentum,
         eps=norm.eps if eps is None else eps,
         synchronized=synchronized,
+        gain=gain,
         name=name,
     )

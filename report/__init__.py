@@ -1,17 +1,17 @@
-"""The report of findings: `python report.py` runs the experiment suite and writes REPORT.md.
+"""The report of findings: `python report.py` trains the suite and writes REPORT.md from records.
 
 Modules, in the order the command uses them:
-    cli.py          report.py's flags; pipeline.py: the whole command as `generate(options)`
-    design.py       the presets and the runs each section needs (names, configs, budgets)
-    suite.py        runs them under one root: reuse complete runs, resume partial ones, ETA
-    analyses.py     what the trainer does not record: per-layer parity on trained weights, twin
-                    trainings by the trainer's step, batch-statistics eval, an interleaved
-                    throughput benchmark; cached under <root>/analysis/
-    tables.py       reads runs and analyses into the report's tables (means with 95% CIs)
-    stats.py        means, confidence intervals, the verdict rule
-    claims.py       the claims table: each paper's claim, its evidence and verdict
+    cli.py          report.py's flags and main
+    design.py       presets, the cells and jobs (names, configs, hashes), the ordered plan,
+                    shards, the cost model, budgets
+    suite.py        does the jobs that have no record (in K processes with --jobs), writes each
+                    record as it finishes
+    analyses.py     what the trainer does not record, on the run's weights: per-layer parity,
+                    twins, batch-statistics eval; the cost benchmark and the parity table
+    records.py      the records: one JSON file per job under report/results/<preset>/
+    tables.py       the report's numbers from the records (means with 95% intervals)
+    stats.py        intervals, p-values, verdicts, Holm
+    claims.py       the claims table as data, and its evaluation
     figures.py      the PNG figures (matplotlib, Agg)
-    writer.py       REPORT.md
-
-This file imports nothing: `normlab.quiet` must import TensorFlow first.
+    writer.py       REPORT.md: a pure function of the records
 """

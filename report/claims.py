@@ -1,9 +1,13 @@
-"""The findings as a table of claims: each from a paper, tested on the runs, with a verdict.
+"""The claims table: what the papers claim, as data, and its evaluation from the records.
 
-CLAIMS is the table: each claim's text, source and where its evidence is, and a function of
-the results that returns the evidence (effect sizes with 95% confidence intervals and seed
-counts) and the verdict by the rule of report/stats.py. Accuracy differences are in percentage
-points; a run that diverged counts at chance accuracy (it predicts nothing) in a difference.
+Each claim compares side A with side B on one metric, oriented so that a positive difference
+favours A: "A beats B" (GREATER) or "A matches B within a margin" (EQUIVALENT). A side is a
+selector over the records (section, norm, batch size, ...); symbolic values ("min_batch",
+"lr10") are resolved against the preset, so the same table serves every preset. Runs of the
+two sides share seeds (initial-weight stream and data order), so differences are paired by
+seed; the cost benchmark's are paired by round. The rules (stats.py): t intervals, TOST for
+EQUIVALENT, Holm over the whole table. A diverged run counts at chance accuracy (1 / classes)
+and as never reaching a threshold: shown as "k of n diverged" wherever it enters.
 """
 
 from __future__ import annotations
@@ -11,198 +15,179 @@ from __future__ import annotations
 import dataclasses
 
 from normlab.report import stats
-from normlab.report.stats import Estimate, difference_ci
-from normlab.report.tables import cell
 
-# "Matches": an accuracy difference whose whole 95% interval lies within +-1 point.
-EQUIVALENCE_MARGIN = 0.01
-# A learning rate is usable for a norm when no seed diverged and its mean test accuracy is
-# within this of the norm's best rate.
-USABLE_MARGIN = 0.01
-# The float32 parity tolerance (tests/numerics.py): 64 units in the last place.
-PARITY_TOLERANCE = 64 * 2.0**-24
+GREATER, EQUIVALENT = "greater", "equivalent"
+EQUIVALENCE_MARGIN = 0.01  # +-1 accuracy point, fixed before any run
+ACCURACY, STEPS, MS = "test_accuracy", "steps_to_threshold", "ms_per_step"
+HIGHER_IS_BETTER = {ACCURACY: True, STEPS: False, MS: False}
+UNITS = {ACCURACY: (100, 2, " pts"), STEPS: (1, 0, " steps"), MS: (1, 2, " ms")}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Claim:
-    number: int
+    id: str
     text: str
     source: str
-    evidence: str
-    verdict: str
-    where: str
+    metric: str
+    a: dict
+    b: dict
+    kind: str = GREATER
+
+    def sides(self) -> tuple[dict, dict]:
+        return self.a, self.b
 
 
-def _pts(e: Estimate | None) -> str:
-    return "n/a" if e is None else e.format(100, 2, " pts")
+def _s(section, norm, **kw) -> dict:
+    return dict(sections=section, norm=norm, **kw)
 
 
-def _difference(cells, a: str, b: str, value, chance: float) -> Estimate | None:
-    """mean accuracy of norm a minus norm b at one sweep setting; diverged seeds at chance."""
-    ca, cb = cell(cells, a, value), cell(cells, b, value)
-    if not ca or not cb:
-        return None
-    return difference_ci(*(c.test_accs + [chance] * c.diverged for c in (ca, cb)))
-
-
-def _norm_difference(comparison, a: str, b: str) -> Estimate | None:
-    rows = {x.norm: x for x in comparison.rows} if comparison else {}
-    return difference_ci(rows[a].test_accs, rows[b].test_accs) if {a, b} <= set(rows) else None
-
-
-def higher_learning_rates(r) -> tuple[str, str]:
-    usable = {}
-    for norm in ("none", "batch"):
-        cells = [c for c in r.lr if c.norm == norm and c.test_acc is not None]
-        best = max((c.test_acc.mean for c in cells), default=None)
-        good = [
-            c.setting for c in cells if not c.diverged and c.test_acc.mean >= best - USABLE_MARGIN
-        ]
-        usable[norm] = max(good, default=None)
-    none, batch = usable["none"], usable["batch"]
-    beyond = [lr for lr in sorted({c.setting for c in r.lr}) if none is not None and lr > none]
-    effects = [_difference(r.lr, "batch", "none", lr, r.chance) for lr in beyond]
-    shown = "; ".join(f"lr {lr:g}: {_pts(e)}" for lr, e in zip(beyond, effects))
-    ratio = f"{batch / none:g}x" if none and batch else "n/a"
-    verdict = stats.verdict_greater(effects)
-    if verdict == stats.SUPPORTED and (not none or batch < 10 * none):
-        verdict = stats.MIXED  # better at higher rates, but not an order of magnitude more
-    return (
-        f"highest usable peak rate: none {none}, batch {batch} ({ratio}); batch minus none "
-        f"above none's: {shown or 'no rate above it'} ({len(r.preset.seeds)} seeds)",
-        verdict,
-    )
-
-
-def speeds_up_training(r) -> tuple[str, str]:
-    rows = {x.norm: x for x in r.cnn.rows}
-    none, batch = rows.get("none"), rows.get("batch")
-    if not (none and batch and none.steps_to_threshold and batch.steps_to_threshold):
-        return "n/a", stats.NOT_TESTED
-    effect = difference_ci(none.steps_list, batch.steps_list)
-    ratio = none.steps_to_threshold.mean / batch.steps_to_threshold.mean
-    return (
-        f"steps to {100 * r.cnn.threshold:.1f}% validation accuracy, none minus batch: "
-        f"{effect.format(1, 0)} ({ratio:.2f}x fewer steps; seeds reaching it: none "
-        f"{none.reached}, batch {batch.reached})",
-        stats.verdict_greater([effect]),
-    )
-
-
-def layer_norm_batch_independent(r) -> tuple[str, str]:
-    effects, parts = [], []
-    for name, cells in (("CNN", r.batch), ("LSTM", r.lstm_batch)):
-        sizes = sorted({c.setting for c in cells if c.norm == "layer"})
-        for b in sizes[:-1]:
-            a, ref = cell(cells, "layer", b), cell(cells, "layer", sizes[-1])
-            effects.append(difference_ci(a.test_accs, ref.test_accs))
-            parts.append(f"{name} B={b:g} minus B={sizes[-1]:g}: {_pts(effects[-1])}")
-    return "; ".join(parts) or "n/a", stats.verdict_equivalent(effects, EQUIVALENCE_MARGIN)
-
-
-def layer_beats_batch_small(r) -> tuple[str, str]:
-    effects, parts = [], []
-    for name, cells in (("CNN", r.batch), ("LSTM", r.lstm_batch)):
-        for b in sorted({c.setting for c in cells if c.setting <= 4}):
-            effects.append(_difference(cells, "layer", "batch", b, r.chance))
-            parts.append(f"{name} B={b:g}: {_pts(effects[-1])}")
-    return "layer minus batch, " + "; ".join(parts), stats.verdict_greater(effects)
-
-
-def layer_beats_batch_recurrent(r) -> tuple[str, str]:
-    e = _norm_difference(r.lstm, "layer", "batch")
-    return f"LSTM, layer minus batch: {_pts(e)}", stats.verdict_greater([e])
-
-
-def batch_beats_layer_conv(r) -> tuple[str, str]:
-    short = _norm_difference(r.cnn, "batch", "layer")
-    converged = _norm_difference(r.converged, "batch", "layer")
-    return (
-        f"batch minus layer: short budget {_pts(short)}; converged {_pts(converged)}",
-        stats.verdict_greater([short, converged]),
-    )
-
-
-def weight_norm_cheaper(r) -> tuple[str, str]:
-    bn, wn = "default/batch/custom", "default/weight/custom"
-    if bn not in r.cost_ms or wn not in r.cost_ms:
-        return "n/a", stats.NOT_TESTED
-    e = difference_ci(r.cost_rounds[bn], r.cost_rounds[wn])
-    more = 100 * (r.cost_ms[bn].mean / r.cost_ms[wn].mean - 1)
-    return (
-        f"ms per training step, batch minus weight: {e.format(1, 2, ' ms')}; batch norm "
-        f"{more:+.0f}% per step ({r.preset.cost_rounds} interleaved rounds)",
-        stats.verdict_greater([e]),
-    )
-
-
-def group_norm_claim(r) -> tuple[str, str]:
-    sizes = sorted({c.setting for c in r.batch if c.norm == "group"})
-    if not sizes:
-        return "n/a", stats.NOT_TESTED
-    large = _difference(r.batch, "group", "batch", sizes[-1], r.chance)
-    small = _difference(r.batch, "group", "batch", sizes[0], r.chance)
-    matches = stats.verdict_equivalent([large], EQUIVALENCE_MARGIN)
-    beats = stats.verdict_greater([small])
-    if matches == beats:
-        verdict = matches
-    else:
-        verdict = stats.NOT_TESTED if stats.NOT_TESTED in (matches, beats) else stats.MIXED
-    return (
-        f"group minus batch: B={sizes[-1]:g} {_pts(large)} (matches: {matches}); "
-        f"B={sizes[0]:g} {_pts(small)} (beats: {beats})",
-        verdict,
-    )
-
-
-def equal_to_tensorflow(r) -> tuple[str, str]:
-    errors = [
-        max(row["forward_rel"], *row["grad_rel"].values())
-        for row in r.parity_table
-        if row["dtype"] == "float32"
-    ]
-    if not errors:
-        return "n/a", stats.NOT_TESTED
-    layers = [row for result in r.parity_layers.values() for row in result["layers"]]
-    closer = sum(row["custom_err64"] <= row["builtin_err64"] for row in layers)
-    verdict = stats.SUPPORTED if max(errors) <= PARITY_TOLERANCE else stats.NOT_SUPPORTED
-    return (
-        f"largest float32 difference over every norm, built-in, shape, forward and gradient: "
-        f"{max(errors):.1e} relative (tolerance {PARITY_TOLERANCE:.1e}); on trained weights, "
-        f"normlab is as close or closer to float64 than the built-in at {closer} of "
-        f"{len(layers)} layers",
-        verdict,
-    )
-
-
-# (claim, source, where the evidence is, the function that tests it)
 CLAIMS = (
-    ("Batch norm lets a network train at much higher learning rates", "Ioffe & Szegedy 2015",
-     "table lr, figure lr", higher_learning_rates),
-    ("Batch norm speeds up training (fewer steps to the same accuracy)",
-     "Ioffe & Szegedy 2015 (14x on Inception)", "table cnn, figure cnn", speeds_up_training),
-    ("Layer norm does not depend on the batch size", "Ba, Kiros & Hinton 2016",
-     "tables batch, lstm_batch", layer_norm_batch_independent),
-    ("Layer norm beats batch norm at small batches (B <= 4)", "Ba et al. 2016; Wu & He 2018",
-     "tables batch, lstm_batch", layer_beats_batch_small),
-    ("Layer norm beats batch norm in recurrent networks",
-     "Ba et al. 2016 (LN-LSTM) vs Cooijmans et al. 2016", "table lstm, figure lstm",
-     layer_beats_batch_recurrent),
-    ("Batch norm beats layer norm in ConvNets", "Ba et al. 2016, section 6.7",
-     "tables cnn, converged", batch_beats_layer_conv),
-    ("Weight norm costs less per step than batch norm (~16% in the paper)",
-     "Salimans & Kingma 2016", "table cost", weight_norm_cheaper),
-    ("Group norm matches batch norm at large batches and beats it at the smallest",
-     "Wu & He 2018", "table batch", group_norm_claim),
-    ("normlab's from-scratch functions equal TensorFlow's", "this project", "parity tables",
-     equal_to_tensorflow),
+    Claim("bn_acc", "Batch norm reaches a higher test accuracy than no normalization",
+          "Ioffe & Szegedy 2015", ACCURACY, _s("cnn", "batch"), _s("cnn", "none")),
+    Claim("bn_speed", "Batch norm reaches the threshold in fewer steps than no normalization",
+          "Ioffe & Szegedy 2015 (14x fewer on Inception)", STEPS, _s("cnn", "batch"),
+          _s("cnn", "none")),
+    Claim("bn_lr", "At 10x the base learning rate, batch norm trains and no norm does not",
+          "Ioffe & Szegedy 2015", ACCURACY, _s("lr", "batch", learning_rate="lr10"),
+          _s("lr", "none", learning_rate="lr10")),
+    Claim("bn_over_ln_cnn", "Batch norm beats layer norm in ConvNets",
+          "Ba, Kiros & Hinton 2016, section 6.7", ACCURACY, _s("cnn", "batch"),
+          _s("cnn", "layer")),
+    Claim("ln_over_bn_small", "Layer norm beats batch norm at the smallest batch",
+          "Ba et al. 2016; Wu & He 2018", ACCURACY, _s("batch", "layer", batch_size="min_batch"),
+          _s("batch", "batch", batch_size="min_batch")),
+    Claim("gn_over_bn_small", "Group norm beats batch norm at the smallest batch",
+          "Wu & He 2018 (24.1% vs 34.7% error at batch 2)", ACCURACY,
+          _s("batch", "group", batch_size="min_batch"),
+          _s("batch", "batch", batch_size="min_batch")),
+    Claim("ln_flat", "Layer norm's accuracy does not depend on the batch size",
+          "Ba et al. 2016", ACCURACY, _s("batch", "layer", batch_size="min_batch"),
+          _s("batch", "layer", batch_size="max_batch"), EQUIVALENT),
+    Claim("gn_flat", "Group norm's accuracy does not depend on the batch size", "Wu & He 2018",
+          ACCURACY, _s("batch", "group", batch_size="min_batch"),
+          _s("batch", "group", batch_size="max_batch"), EQUIVALENT),
+    Claim("ln_over_bn_lstm", "Layer norm beats recurrent batch norm in the LSTM",
+          "Ba et al. 2016 vs Cooijmans et al. 2016", ACCURACY, _s("lstm", "layer"),
+          _s("lstm", "batch")),
+    Claim("ln_lstm_speed", "The LN-LSTM reaches the threshold in fewer steps than the LSTM",
+          "Ba et al. 2016", STEPS, _s("lstm", "layer"), _s("lstm", "none")),
+    Claim("bn_lstm_speed", "Recurrent batch norm reaches the threshold in fewer steps than "
+          "the LSTM", "Cooijmans et al. 2016", STEPS, _s("lstm", "batch"), _s("lstm", "none")),
+    Claim("bn_gain", "Recurrent batch norm with gain 0.1 beats gain 1.0",
+          "Cooijmans et al. 2016, section 4", ACCURACY,
+          _s("lstm_gain", "batch", recurrent_gain=0.1),
+          _s("lstm_gain", "batch", recurrent_gain=1.0)),
+    Claim("wn_cost", "Weight norm costs less per training step than batch norm",
+          "Salimans & Kingma 2016 (BN ~16% slower)", MS, dict(kind="cost", measure="weight"),
+          dict(kind="cost", measure="batch")),
+    Claim("wn_init", "Weight norm's data-dependent init beats g = ||v||",
+          "Salimans & Kingma 2016", ACCURACY, _s("wn_init", "weight", wn_init="data"),
+          _s("wn_init", "weight", wn_init="norm")),
 )  # fmt: skip
 
 
-def evaluate(results) -> list[Claim]:
-    """Every claim of CLAIMS, numbered from 1, with its evidence and verdict."""
+def symbols(preset) -> dict:
+    """The concrete values of a preset's symbolic selector values."""
+    return {
+        "min_batch": min(preset.batch_sizes),
+        "max_batch": max(preset.batch_sizes),
+        "lr10": preset.high_rates[0],
+    }
+
+
+def uses(side: dict, facts: dict, symbols_: dict | None = None) -> bool:
+    """Whether a job or record with `facts` (design.facts) belongs to `side`."""
+    for key, want in side.items():
+        if key in ("kind", "measure"):
+            continue  # checked below; which of a measurement's results a side reads
+        want = (symbols_ or {}).get(want, want) if isinstance(want, str) else want
+        if isinstance(want, str) and want in ("min_batch", "max_batch", "lr10"):
+            continue  # unresolved symbol (planning without a preset): any value
+        if key == "sections":
+            if want not in facts["sections"]:
+                return False
+        elif facts.get(key) != want:
+            return False
+    return facts.get("kind", "run") == side.get("kind", "run")
+
+
+@dataclasses.dataclass
+class Side:
+    """One side's values: {seed or round: value}, and how many of its runs diverged or never
+    reached a threshold (both shown as k of n)."""
+
+    values: dict
+    runs: int
+    diverged: int = 0
+    not_reached: int = 0
+
+
+@dataclasses.dataclass
+class Result:
+    claim: Claim
+    a: Side
+    b: Side
+    estimate: stats.Estimate | None  # of A - B, oriented: positive favours A
+    raw: str  # the verdict by the claim's own interval, before Holm
+    p: float
+    verdict: str = stats.NOT_TESTED  # after Holm over the table
+
+    def evidence(self) -> str:
+        scale, digits, unit = UNITS[self.claim.metric]
+        e = self.estimate
+        notes = [
+            f"{name}: {k} of {side.runs} {what}"
+            for name, side in (("A", self.a), ("B", self.b))
+            for k, what in ((side.diverged, "diverged"), (side.not_reached, "not reached"))
+            if k
+        ]
+        shown = "no runs" if e is None else e.format(scale, digits, unit)
+        margin = (
+            f" (margin +-{EQUIVALENCE_MARGIN * 100:g} pts)" if self.claim.kind == EQUIVALENT else ""
+        )
+        return shown + margin + (f"; {', '.join(notes)}" if notes else "")
+
+
+def side_values(side: dict, records: list[dict], metric: str, ctx) -> Side:
+    """The per-seed (per-round) values of one side's records."""
+    mine = [r for r in records if uses(side, ctx.facts(r), ctx.symbols)]
+    if side.get("kind") == "cost":
+        rounds = mine[0]["result"]["ms_per_step"].get(side["measure"], []) if mine else []
+        return Side(dict(enumerate(rounds)), len(rounds))
+    values, diverged, unreached = {}, 0, 0
+    for r in mine:
+        value = ctx.metric(r, metric)
+        diverged += r["status"] == "diverged"
+        if value is None:
+            unreached += r["status"] != "diverged"
+            continue
+        values[r["config"]["seed"]] = value
+    return Side(values, len(mine), diverged, unreached)
+
+
+def evaluate(records: list[dict], ctx) -> list[Result]:
+    """Every claim's estimate and verdict; verdicts held to Holm's rule over the table.
+    `ctx` gives facts(record), metric(record, name) and the preset's symbols (report.tables)."""
     out = []
-    for number, (text, source, where, test) in enumerate(CLAIMS, 1):
-        evidence, verdict = test(results)
-        out.append(Claim(number, text, source, evidence, verdict, where))
+    for claim in CLAIMS:
+        a = side_values(claim.a, records, claim.metric, ctx)
+        b = side_values(claim.b, records, claim.metric, ctx)
+        sign = 1 if HIGHER_IS_BETTER[claim.metric] else -1
+        bounds = (-1.0, 1.0) if claim.metric == ACCURACY else None
+        oriented = (
+            {k: sign * v for k, v in a.values.items()},
+            {k: sign * v for k, v in b.values.items()},
+        )
+        e = stats.paired_ci(*oriented, bounds=bounds) if a.values and b.values else None
+        if claim.kind == EQUIVALENT:
+            raw, p = stats.tost(e, EQUIVALENCE_MARGIN)
+        else:
+            raw, p = stats.verdict_greater(e), (e.p if e else float("nan"))
+        out.append(Result(claim, a, b, e, raw, p))
+    rejected = stats.holm([r.p for r in out])
+    for r, rejects in zip(out, rejected):
+        if r.raw == stats.NOT_TESTED:
+            r.verdict = stats.NOT_TESTED
+        else:
+            r.verdict = r.raw if rejects and r.raw != stats.INCONCLUSIVE else stats.INCONCLUSIVE
     return out

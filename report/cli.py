@@ -1,97 +1,159 @@
-"""report.py's flags and main (the work is report/pipeline.py's `generate`)."""
+"""report.py's flags and main: plan, train what has no record, write REPORT.md from records."""
 
 from __future__ import annotations
 
-import sys
+import os
+import time
 
 from absl import flags
 
-from normlab.report import design, pipeline
+from normlab.report import design
+from normlab.trainer.errors import UsageError
 
-flags.DEFINE_string(
-    "root",
-    "runs/report",
-    "Directory holding the suite's runs, one per subdirectory, and its analyses.",
-)
 flags.DEFINE_enum(
     "preset",
-    "quick",
+    "full",
     list(design.PRESETS),
-    "quick: ~40 min on 2 cores, fractions of an epoch (first look, smoke test); full: the "
-    "report's numbers, hours; tiny: for the tests only.",
+    "full: the committed report (records in report/results/full; about an hour and a half on 2 "
+    "cores, see --plan); quick: the same design at a tenth of the budget on the real data; "
+    "tiny: every section in minutes on a small fixture it writes itself (numbers meaningless).",
 )
-flags.DEFINE_string("out", "", "Where REPORT.md and figures/ go; empty: --root.")
 flags.DEFINE_string(
-    "data_dir",
+    "root", "", "Scratch run directories (checkpoints, event files); empty: runs/report/<preset>."
+)
+flags.DEFINE_string(
+    "results",
     "",
-    "Fashion-MNIST IDX directory, as train.py's --data_dir; empty: the Debian package's. It is "
-    "part of every run's flags: reuse needs the same value.",
+    "Where the records go, one JSON file per job under <results>/<preset>/; empty: report/results "
+    "for --preset=full (committed), <root>/results otherwise.",
+)
+flags.DEFINE_string(
+    "out", "", "Where REPORT.md and figures/ go; empty: report/ for full, else --root."
+)
+flags.DEFINE_string(
+    "data_dir", "", "Fashion-MNIST IDX directory, as train.py's; empty: the Debian package's."
 )
 flags.DEFINE_boolean(
-    "report_only",
+    "write", False, "Only write REPORT.md and its figures from the records: no training."
+)
+flags.DEFINE_boolean("plan", False, "Only print the jobs and the cost model's time for each.")
+flags.DEFINE_integer(
+    "jobs",
+    1,
+    "Jobs trained at once, each in its own process with its share of the threads.",
+    lower_bound=1,
+)
+flags.DEFINE_string(
+    "shard",
+    "0/1",
+    "I/N: train only every N-th job of the plan from the I-th (0-based), for N machines.",
+)
+flags.DEFINE_boolean(
+    "commit_records",
     False,
-    "Write the report from the runs and analyses already under --root; train and compute "
-    "nothing, fail if any is missing.",
+    "git commit each record as it is written (a long suite on a machine that may go away).",
 )
-flags.DEFINE_boolean(
-    "plan", False, "Print the runs the preset needs and a time estimate; train nothing."
-)
-flags.DEFINE_boolean(
-    "verbose", False, "Also print the trainer's progress lines (always in <root>/suite.log)."
-)
+flags.DEFINE_boolean("verbose", False, "Also print the trainer's progress lines.")
 FLAGS = flags.FLAGS
-FLAG_NAMES = ["root", "preset", "out", "data_dir", "report_only", "plan", "verbose"]
+FLAG_NAMES = [
+    "preset",
+    "root",
+    "results",
+    "out",
+    "data_dir",
+    "write",
+    "plan",
+    "jobs",
+    "shard",
+    "commit_records",
+    "verbose",
+]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def print_plan(options: pipeline.Options) -> None:
-    from normlab.report.suite import Estimator, duration
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise UsageError(f"--shard={text}: expected I/N with 0 <= I < N, e.g. --shard=0/4.")
+    return index, count
 
-    preset = design.PRESETS[options.preset]
-    specs = design.plan(preset, options.data_dir, len(pipeline.load_data(options).train_x))
-    print(f"preset {preset.name}: {preset.description}")
-    for section in design.SECTIONS:
-        print(f"  {section}: {design.budget(preset, section)}")
-    estimator, total = Estimator(), 0.0
-    print(f"\n{'#':>3}  {'run':<58} {'sections':<16} {'steps':>6} {'~time':>8}")
-    for i, spec in enumerate(specs, 1):
-        seconds = estimator.seconds(spec)
-        total += seconds
-        print(
-            f"{i:>3}  {spec.name:<58} {','.join(spec.sections):<16} "
-            f"{spec.config.train_steps:>6} {duration(seconds):>8}"
-        )
-    print(
-        f"\n{len(specs)} runs, about {duration(total)} of training by a rough prior "
-        "(0.3 ms per example); the ETA switches to measured times as runs finish."
+
+def paths(preset: str, root: str, results: str, out: str) -> tuple[str, str, str]:
+    """(root, results, out) with the defaults --help states."""
+    root = root or os.path.join("runs", "report", preset)
+    full = preset == "full"
+    results = results or (
+        os.path.join(REPO, "report", "results") if full else os.path.join(root, "results")
     )
+    out = out or (os.path.join(REPO, "report") if full else root)
+    return root, results, out
+
+
+def fixture_dir(root: str) -> str:
+    """The tiny preset's data: a small learnable IDX data set written under root once."""
+    from normlab.data.synthetic import tiny_splits, write_idx_dataset
+
+    path = os.path.join(root, "fixture")
+    if not os.path.isfile(os.path.join(path, "t10k-labels-idx1-ubyte.gz")):
+        write_idx_dataset(path, tiny_splits(n_train=256, n_val=0, n_test=64))
+    return path
 
 
 def main() -> int:
-    import tensorflow as tf
+    from normlab.report import records, suite, writer
 
-    # Dozens of Trainers in one process each trace their own tf.functions; TensorFlow's
-    # "excessive retracing" warning about that is expected here, and noise.
-    tf.get_logger().setLevel("ERROR")
-    options = pipeline.Options(
-        root=FLAGS.root,
-        preset=FLAGS.preset,
-        out=FLAGS.out,
-        data_dir=FLAGS.data_dir,
-        report_only=FLAGS.report_only,
-        argv=tuple(sys.argv[1:]),
-    )
-    if FLAGS.plan:
-        print_plan(options)
+    preset = design.PRESETS[FLAGS.preset]
+    root, results, out = paths(preset.name, FLAGS.root, FLAGS.results, FLAGS.out)
+    index, count = parse_shard(FLAGS.shard)
+    if FLAGS.write:
+        path = writer.write(preset, results, out)
+        print(f"report: wrote {path} from {len(records.load_all(results, preset.name))} records")
         return 0
-    log = pipeline.Log(options.root, FLAGS.verbose, echo=lambda line: print(line, flush=True))
-    try:
-        pipeline.generate(options, log)
-    except KeyboardInterrupt:
-        # Outside a training step (the trainer handles SIGINT itself, saving a checkpoint).
+    data_dir = FLAGS.data_dir or (fixture_dir(root) if preset.name == "tiny" else "")
+    setup = suite.Setup(preset, root, results, data_dir, out)
+    examples = len(suite._splits(setup).train_x)
+    jobs = design.shard(design.plan(preset, data_dir, examples), index, count)
+    if FLAGS.plan:
+        print_plan(preset, jobs, results)
+        return 0
+
+    def say(line: str) -> None:
+        print(f"report: {line}", flush=True)
+
+    start = time.perf_counter()
+    failures = suite.run_all(
+        jobs,
+        setup,
+        FLAGS.jobs,
+        say,
+        (lambda line: say(f"    {line}")) if FLAGS.verbose else (lambda _: None),
+        FLAGS.commit_records,
+    )
+    path = writer.write(preset, results, out)
+    say(f"wrote {path} ({time.perf_counter() - start:.0f} s this session)")
+    return 1 if failures else 0
+
+
+def print_plan(preset: design.Preset, jobs: list, results: str) -> None:
+    from normlab.report import records
+    from normlab.trainer.loop import duration
+
+    print(f"preset {preset.name}: {preset.description}")
+    total = 0.0
+    print(f"{'#':>3}  {'job':<52} {'sections':<14} {'steps':>6} {'~time':>8}  done")
+    for i, job in enumerate(jobs, 1):
+        seconds = design.seconds(preset, job)
+        total += seconds
+        steps = job.config.train_steps if job.config else "-"
+        done = "yes" if records.is_done(results, preset.name, job) else ""
         print(
-            "report.py: interrupted. Complete runs and analyses are kept; run the same command "
-            "again to continue.",
-            file=sys.stderr,
+            f"{i:>3}  {job.name:<52} {','.join(job.sections):<14} {steps:>6} "
+            f"{duration(seconds):>8}  {done}"
         )
-        return 130
-    return 0
+    print(
+        f"\n{len(jobs)} jobs, {duration(total)} by the cost model (fixed + steps x per step + "
+        "evaluated examples x per example; coefficients measured on 2 cores, BUILD_NOTES.md)."
+    )

@@ -1,316 +1,414 @@
-"""The experiment design: presets, and the training runs each section of the report needs.
+"""The experiment design: presets, the cells each claim compares, and the ordered plan of jobs.
 
-Every run is a plain trainer run (one model_dir) whose name spells the settings that vary
-across the suite, e.g. `cnn_batch_custom_s0_b128_lr0.05_steps2145`. Two sections that need
-the same run share it (the batch-size sweep's batch 128 is the learning-rate sweep's 0.05).
+A cell is one setting (section, network, norm, batch size, learning rate, extra settings)
+trained over several seeds; a job is one training run of a cell at one seed (a plain trainer
+run), or one of the two measurements that train nothing (the parity table and the interleaved
+cost benchmark). Every job has a name (its record's file name) and a hash of everything that
+defines its result, so a record made on another machine is reused only if the job is the same.
 
-Sections (each states its budget in the report):
-    cnn        the CNN with every norm and without, several seeds, a short budget
-    converged  the same, trained to convergence (longer, with augmentation)
-    long       the converged batch-norm CNN trained 3x longer: where the best BN CNN lands
-    impl       TensorFlow's built-ins in the same CNN (seed 0), beside the custom runs of cnn
-    batch      CNN batch-size sweep (batch, layer, group norm), several seeds
-    lr         CNN learning-rate sweep, several seeds
-    lstm       the LSTM with every recurrent norm and without, several seeds; built-ins (seed 0)
-    lstm_batch LSTM batch-size sweep (batch vs layer norm), several seeds
+The plan is ordered claim by claim, cheapest claim first, all seeds of a cell together, so a
+suite that stops half way already decides the cheap claims. Sections:
+    cnn      the CNN with every norm and without (the ranking; BN vs LN in ConvNets)
+    wn_init  weight norm's data-dependent init vs g = ||v||
+    lr       none vs batch at 10x and 30x the base learning rate (0.05 is section cnn's)
+    batch    batch, layer and group norm at batch 2, 16 and 128 on the same examples
+    lstm     the LSTM without norm, with recurrent batch norm and with layer norm
+    lstm_gain recurrent batch norm with gain 1.0 instead of 0.1 (Cooijmans et al.'s ablation)
+    parity, cost   measurements without training: normlab vs TensorFlow, ms per step
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 
+from normlab.report import claims
 from normlab.trainer.config import Config
 
-SECTIONS = ("cnn", "converged", "long", "impl", "batch", "lr", "lstm", "lstm_batch")
-
-
-# What every preset shares: SGD with momentum 0.9 and cosine decay to 0 for the CNN, no
-# warm-up (warm-up would hide exactly the instability the learning-rate sweep looks for).
-_COMMON = {
-    "dataset": "fashion_mnist",
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "lr_schedule": "cosine",
-    "warmup_steps": 0,
-    "norm_eps": 1e-3,
-    "groups": 8,
-    "max_to_keep": 1,  # one checkpoint per run is enough to resume and evaluate
-    "deterministic": True,
-}
-ALL_NORMS = ("none", "batch", "layer", "group", "rms", "weight")
-LSTM_NORMS = ("none", "batch", "layer", "weight")
+SECTIONS = ("cnn", "wn_init", "lr", "batch", "lstm", "lstm_gain", "parity", "cost")
+# Settings that say where or how a run is kept, not what it computes: not in the hash.
+_NOT_HASHED = (
+    "data_dir",
+    "strategy",
+    "virtual_cpus",
+    "collective_timeout",
+    "startup_timeout",
+    "max_to_keep",
+    "checkpoint_every",
+    "log_every",
+    "check_numerics",
+)
+_COMMON = dict(
+    dataset="fashion_mnist",
+    optimizer="sgd",
+    momentum=0.9,
+    lr_schedule="cosine",
+    warmup_steps=0,
+    norm_eps=1e-3,
+    groups=8,
+    max_to_keep=1,
+    deterministic=True,
+)
+TRAIN_EXAMPLES = 55000  # Fashion-MNIST's training split less the 5,000 held out
+CNN_NORMS = ("none", "batch", "layer", "group", "rms", "weight")
+LSTM_NORMS = ("none", "batch", "layer")
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """One design of the suite; the defaults are the full report's. Lengths are in epochs of
-    the training split, so a preset works on the full data set and on a test fixture; the
-    bookkeeping intervals are in training examples, so every batch size validates (logs,
-    checkpoints) equally often per example seen."""
+    """One design of the suite; the defaults are the full report's. Lengths are in epochs of the
+    training split, so a preset works on Fashion-MNIST and on the tiny preset's fixture.
+
+    The batch sweep trains every batch size on the same number of examples, with the learning
+    rate scaled linearly with the batch size and batch norm's momentum as momentum ** (B / 128),
+    so the moving averages forget at the same rate per example. The thresholds of "steps to
+    X% validation accuracy" are fixed here, before any run. The cost model (seconds = fixed +
+    steps x per step + evaluated examples x per example) predicts each job's time for --plan
+    and the ETA; its coefficients are measured (BUILD_NOTES.md, "The report's suite")."""
 
     name: str
     description: str
     base: dict = dataclasses.field(
         default_factory=lambda: dict(_COMMON, validation_size=5000, eval_batch_size=1000)
     )
-    cnn_model: dict = dataclasses.field(default_factory=dict)  # sizes (defaults when empty)
+    cnn_model: dict = dataclasses.field(default_factory=dict)
     lstm_model: dict = dataclasses.field(default_factory=dict)
-    seeds: tuple[int, ...] = (0, 1, 2)  # of every cell of every section (built-ins: seeds[0])
-    # The CNN's batch size, learning rate and batch-norm momentum. The batch sweep scales the
-    # rate linearly with the batch size and the momentum as momentum ** (B / reference), so the
-    # moving averages forget at the same rate per example.
+    seeds: int = 3
+    headline_seeds: int = 5  # batch vs layer norm, in the CNN and in the LSTM
     reference_batch: int = 128
     base_lr: float = 0.05
     bn_momentum: float = 0.99
-    cnn_norms: tuple[str, ...] = ALL_NORMS
-    cnn_epochs: float = 5.0
-    converged_epochs: float = 10.0  # with augmentation; 0 skips the section
-    long_epochs: float = 30.0  # batch norm only, with augmentation; 0 skips the section
-    builtin_norms: tuple[str, ...] = ALL_NORMS[1:]
-    batch_norms: tuple[str, ...] = ("batch", "layer", "group")
-    batch_sizes: tuple[int, ...] = (2, 4, 16, 128)
-    batch_epochs: float = 1.0
-    lr_norms: tuple[str, ...] = ("none", "batch", "layer", "weight")
-    learning_rates: tuple[float, ...] = (0.015, 0.05, 0.15, 0.5, 1.5)
-    lr_epochs: float = 2.0
-    # The LSTM trains with Adam at a constant rate, scaled by sqrt(B / reference) in its sweep.
-    lstm_norms: tuple[str, ...] = LSTM_NORMS
-    lstm_builtin_norms: tuple[str, ...] = LSTM_NORMS[1:]
-    lstm_epochs: float = 5.0
+    cnn_epochs: float = 2.0
+    high_rates: tuple[float, ...] = (0.5, 1.5)
+    batch_sizes: tuple[int, ...] = (2, 16, 128)
+    batch_epochs: float = 0.25
+    lstm_epochs: float = 2.0
     lstm_lr: float = 1e-3
-    lstm_batch_norms: tuple[str, ...] = ("batch", "layer")
-    lstm_batch_sizes: tuple[int, ...] = (4, 16, 128)
-    lstm_batch_epochs: float = 1.0
-    twin_steps: int = 300  # section impl's lock-step twin trainings
-    cost_rounds: int = 7  # the interleaved throughput benchmark
+    eval_examples: int = 6400  # validate every 50 steps at batch 128: curves for thresholds
+    checkpoint_examples: int = 64000  # a run interrupted by Ctrl-C saves then and there
+    cnn_threshold: float = 0.85
+    lstm_threshold: float = 0.75
+    twin_steps: int = 200
+    cost_rounds: int = 7
     cost_steps: int = 20
-    eval_examples: int = 25600  # every 200 steps at batch 128
-    log_examples: int = 6400
-    summary_examples: int = 6400
-    checkpoint_examples: int = 64000
+    # The cost model's coefficients, seconds: fixed per run, by "arch/norm" or arch; per step
+    # a + b * batch (ms), by "arch/norm" or arch; per evaluated example (ms), by arch.
+    fixed_seconds: tuple = (("default", 6.0), ("lstm", 28.0), ("lstm/none", 6.0))
+    step_ms: tuple = (
+        ("default", 5.5, 0.30),
+        ("default/none", 5.0, 0.186),
+        ("default/batch", 6.9, 0.30),
+        ("default/layer", 6.0, 0.28),
+        ("default/group", 5.3, 0.355),
+        ("default/rms", 5.5, 0.323),
+        ("default/weight", 5.5, 0.224),
+        ("lstm", 4.0, 0.50),
+        ("lstm/none", 2.0, 0.23),
+    )
+    example_ms: tuple = (("default", 0.05), ("lstm", 0.15))
 
 
-FULL = Preset(
-    "full", "the report's numbers: 3 seeds everywhere; hours on 2 cores (REPORT.md states them)"
-)
+FULL = Preset("full", "the report's numbers: 3 seeds per cell, 5 for batch vs layer norm")
 PRESETS = {
     "full": FULL,
     "quick": dataclasses.replace(
         FULL,
         name="quick",
-        description="a first look and a smoke test: 3 seeds, fractions of an epoch; ~40 min",
-        bn_momentum=0.95,  # short runs: the moving averages must forget their initial values
-        cnn_epochs=0.25,
-        converged_epochs=0.5,
-        long_epochs=1.0,
-        batch_sizes=(4, 32, 128),
-        batch_epochs=0.1,
-        learning_rates=(0.05, 0.5, 5.0),
-        lr_epochs=0.1,
-        lstm_epochs=0.1,
-        lstm_batch_sizes=(16, 128),
-        lstm_batch_epochs=0.05,
-        twin_steps=30,
+        description="a first look on the real data: the full design at a tenth of its budget",
+        bn_momentum=0.9,  # short runs: the moving averages must forget their initial values
+        cnn_epochs=0.2,
+        batch_epochs=0.05,
+        lstm_epochs=0.2,
+        headline_seeds=3,
+        twin_steps=20,
         cost_rounds=3,
         cost_steps=5,
-        eval_examples=2560,
-        log_examples=1280,
-        summary_examples=1280,
+        eval_examples=1280,
     ),
-    # Equal epochs across sections, so the sweeps' reference cells are sections cnn's and lstm's
-    # runs: every section is exercised with few runs.
     "tiny": dataclasses.replace(
         FULL,
         name="tiny",
-        description="for the tests only: seconds on a fixture; the numbers mean nothing",
-        base=dict(_COMMON, validation_size=64, eval_batch_size=64),
+        description="every section in minutes on a small fixture it writes itself; the "
+        "numbers mean nothing",
+        base=dict(_COMMON, validation_size=64, eval_batch_size=64, dataset="fashion_mnist"),
         cnn_model=dict(widths=(8,), dense_units=16),
         lstm_model=dict(lstm_units=8),
-        seeds=(0, 1),
+        seeds=2,
+        headline_seeds=2,
         reference_batch=16,
         bn_momentum=0.9,
-        cnn_norms=("none", "batch", "layer"),
-        cnn_epochs=0.25,
-        converged_epochs=0.25,
-        long_epochs=0.5,
-        builtin_norms=("batch",),
-        batch_norms=("batch", "layer"),
-        batch_sizes=(4, 16),
+        cnn_epochs=0.5,
+        high_rates=(1e6,),  # diverges: the tests see a diverged run
+        batch_sizes=(2, 16),
         batch_epochs=0.25,
-        lr_norms=("none", "batch"),
-        learning_rates=(0.05, 1e6),
-        lr_epochs=0.25,
-        lstm_norms=("batch", "layer"),
-        lstm_builtin_norms=("layer",),
         lstm_epochs=0.25,
-        lstm_batch_sizes=(16,),  # section lstm's runs: the LSTM's tracing is the slow part
-        lstm_batch_epochs=0.25,
+        eval_examples=32,
+        checkpoint_examples=32,
         twin_steps=3,
         cost_rounds=2,
         cost_steps=2,
-        eval_examples=32,
-        log_examples=32,
-        summary_examples=10**6,  # the first and last steps' summaries only: one trace fewer
-        checkpoint_examples=32,
+        fixed_seconds=(("default", 3.0), ("lstm", 12.0)),
+        example_ms=(("default", 0.5), ("lstm", 2.0)),
     ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One training run of the suite: its directory name, its config, the sections using it."""
+class Job:
+    """One thing the suite does: train a run (kind "run") or measure ("parity", "cost").
+
+    `analyses` run right after the run, on its trained weights: "twins" (custom, built-in and
+    a one-ulp control trained in lock step), "layer_parity" (custom vs built-in on its weights
+    and a real batch), "bn_eval" (batch statistics vs moving statistics at test time)."""
 
     name: str
-    config: Config
+    kind: str
     sections: tuple[str, ...]
+    config: Config | None = None
+    analyses: tuple[str, ...] = ()
+    params: tuple = ()  # parity/cost: what they measure
+
+    def identity(self) -> dict:
+        """Everything that defines the job's result (not where or how it is kept)."""
+        out = {"kind": self.kind, "analyses": list(self.analyses), "params": _plain(self.params)}
+        if self.config is not None:
+            out["config"] = {
+                f.name: _plain(getattr(self.config, f.name))
+                for f in dataclasses.fields(self.config)
+                if f.name not in _NOT_HASHED
+            }
+        return out
 
     @property
-    def examples(self) -> int:
-        return self.config.train_steps * self.config.batch_size
+    def config_hash(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def run_name(c: Config) -> str:
-    """The run's directory name: the settings that vary across a suite."""
-    return (
+    """The run's name: the settings that vary across a suite."""
+    name = (
         f"{c.arch}_{c.norm}_{c.norm_impl}_s{c.seed}_b{c.batch_size}_lr{c.learning_rate:g}"
-        f"_steps{c.train_steps}" + ("_aug" if c.augment else "")
+        f"_steps{c.train_steps}"
     )
+    if c.wn_init != "norm":
+        name += f"_wninit-{c.wn_init}"
+    if c.recurrent_gain != Config.recurrent_gain:
+        name += f"_gain{c.recurrent_gain:g}"
+    return name
 
 
 def steps_for(epochs: float, train_examples: int, batch_size: int) -> int:
     return max(1, round(epochs * (train_examples // batch_size)))
 
 
-def make_config(
-    preset: Preset,
-    data_dir: str,
-    train_examples: int,
-    *,
-    norm: str,
-    epochs: float,
-    arch: str = "default",
-    impl: str = "custom",
-    seed: int = 0,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
-    augment: bool = False,
-) -> Config:
-    """A run's whole Config: the preset's base, the varying settings, and bookkeeping by
-    examples. The LSTM trains with Adam at a constant rate; the CNN with SGD and cosine."""
-    batch_size = batch_size or preset.reference_batch
-    ratio = batch_size / preset.reference_batch
-    lstm = arch == "lstm"
-    if learning_rate is None:
-        learning_rate = preset.lstm_lr * math.sqrt(ratio) if lstm else preset.base_lr * ratio
-
-    def every(examples: int) -> int:
-        return max(1, examples // batch_size)
-
+def make_config(preset: Preset, data_dir: str, train_examples: int, cell: dict, seed: int):
+    """A run's whole Config: the preset's base, the cell's settings, bookkeeping by examples.
+    The LSTM trains with Adam at a constant rate; the CNN with SGD and cosine decay."""
+    b = cell.get("batch_size", preset.reference_batch)
+    ratio, lstm = b / preset.reference_batch, cell["arch"] == "lstm"
+    lr = cell.get("learning_rate") or (
+        preset.lstm_lr * math.sqrt(ratio) if lstm else preset.base_lr * ratio
+    )
+    every = max(1, preset.eval_examples // b)
+    extra = {k: v for k, v in cell.items() if k in ("wn_init", "recurrent_gain")}
     optimizer = dict(optimizer="adam", lr_schedule="constant") if lstm else {}
     model = preset.lstm_model if lstm else preset.cnn_model
     return Config(
-        **{**preset.base, **model, **optimizer},
-        arch=arch,
+        **{**preset.base, **model, **optimizer, **extra},
+        arch=cell["arch"],
         data_dir=data_dir,
-        norm=norm,
-        norm_impl=impl,
+        norm=cell["norm"],
+        norm_impl="custom",
         seed=seed,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
+        batch_size=b,
+        learning_rate=lr,
         bn_momentum=preset.bn_momentum**ratio,
-        augment=augment,
-        train_steps=steps_for(epochs, train_examples, batch_size),
-        eval_every=every(preset.eval_examples),
-        log_every=every(preset.log_examples),
-        summary_every=every(preset.summary_examples),
-        checkpoint_every=every(preset.checkpoint_examples),
-        histogram_every=every(preset.checkpoint_examples),
+        train_steps=steps_for(cell["epochs"], train_examples, b),
+        eval_every=every,
+        log_every=every,
+        summary_every=every,
+        checkpoint_every=max(1, preset.checkpoint_examples // b),
+        histogram_every=10**9,  # first and last step only: the report reads the scalars
     )
 
 
-def plan(preset: Preset, data_dir: str, train_examples: int) -> list[RunSpec]:
-    """Every run of the preset, each once, in the order they are trained: seed 0 of every
-    section first, the other seeds after, so an interrupted suite has a first look at
-    everything rather than all of one section."""
-    wanted: list[tuple[int, str, Config]] = []
+def cells(p: Preset) -> list[dict]:
+    """Every cell of the preset: a dict of the settings it varies, its seeds and section."""
+    out = []
 
-    def add(section: str, seed: int, **kwargs) -> None:
-        config = make_config(preset, data_dir, train_examples, seed=seed, **kwargs)
-        wanted.append((preset.seeds.index(seed), section, config))
+    def add(section, arch, norm, epochs, seeds, **kw):
+        out.append(dict(section=section, arch=arch, norm=norm, epochs=epochs, seeds=seeds, **kw))
 
-    p = preset
-    for seed in p.seeds:
-        for norm in p.cnn_norms:
-            add("cnn", seed, norm=norm, epochs=p.cnn_epochs)
-        if p.converged_epochs:
-            for norm in p.cnn_norms:
-                add("converged", seed, norm=norm, epochs=p.converged_epochs, augment=True)
-        if p.long_epochs:
-            add("long", seed, norm="batch", epochs=p.long_epochs, augment=True)
-        for norm in p.lr_norms:
-            for lr in p.learning_rates:
-                add("lr", seed, norm=norm, epochs=p.lr_epochs, learning_rate=lr)
-        for norm in p.batch_norms:
-            for b in p.batch_sizes:
-                add("batch", seed, norm=norm, epochs=p.batch_epochs, batch_size=b)
-        for norm in p.lstm_norms:
-            add("lstm", seed, arch="lstm", norm=norm, epochs=p.lstm_epochs)
-        for norm in p.lstm_batch_norms:
-            for b in p.lstm_batch_sizes:
-                add(
-                    "lstm_batch",
-                    seed,
-                    arch="lstm",
-                    norm=norm,
-                    epochs=p.lstm_batch_epochs,
-                    batch_size=b,
-                )
-    first = p.seeds[0]
-    for norm in p.builtin_norms:
-        add("impl", first, norm=norm, epochs=p.cnn_epochs, impl="builtin")
-        add("impl", first, norm=norm, epochs=p.cnn_epochs)  # its custom twin: section cnn's
-    for norm in p.lstm_builtin_norms:
-        add("lstm", first, arch="lstm", norm=norm, epochs=p.lstm_epochs, impl="builtin")
-
-    specs: dict[str, RunSpec] = {}
-    for _, section, config in sorted(wanted, key=lambda item: item[0]):
-        name = run_name(config)
-        if name in specs:
-            old = specs[name]
-            if old.config != config:  # a design error, not a user error
-                raise AssertionError(f"two different configs named {name}")
-            if section not in old.sections:
-                specs[name] = dataclasses.replace(old, sections=old.sections + (section,))
-        else:
-            specs[name] = RunSpec(name, config, (section,))
-    return list(specs.values())
+    for norm in CNN_NORMS:
+        seeds = p.headline_seeds if norm in ("batch", "layer") else p.seeds
+        add("cnn", "default", norm, p.cnn_epochs, seeds)
+    add("wn_init", "default", "weight", p.cnn_epochs, p.seeds)  # shares section cnn's runs
+    add("wn_init", "default", "weight", p.cnn_epochs, p.seeds, wn_init="data")
+    for norm in ("none", "batch"):
+        add("lr", "default", norm, p.cnn_epochs, p.seeds)
+        for lr in p.high_rates:
+            add("lr", "default", norm, p.cnn_epochs, p.seeds, learning_rate=lr)
+    for norm in ("batch", "layer", "group"):
+        for b in p.batch_sizes:
+            add("batch", "default", norm, p.batch_epochs, p.seeds, batch_size=b)
+    for norm in LSTM_NORMS:
+        seeds = p.headline_seeds if norm in ("batch", "layer") else p.seeds
+        add("lstm", "lstm", norm, p.lstm_epochs, seeds)
+    add("lstm_gain", "lstm", "batch", p.lstm_epochs, p.seeds)
+    add("lstm_gain", "lstm", "batch", p.lstm_epochs, p.seeds, recurrent_gain=1.0)
+    return out
 
 
-def epochs(n: float) -> str:
-    """'1 epoch', '0.5 epochs', '30 epochs'."""
-    return f"{n:g} epoch" + ("" if n == 1 else "s")
+def _analyses(cell: dict, seed: int) -> tuple[str, ...]:
+    out = []
+    if cell["section"] in ("cnn", "lstm") and seed == 0 and cell["norm"] != "none":
+        out.append("twins")
+        if cell["arch"] == "default":
+            out.append("layer_parity")
+    if cell["section"] == "batch" and cell["norm"] == "batch":
+        out.append("bn_eval")
+    return tuple(out)
+
+
+def plan(preset: Preset, data_dir: str, train_examples: int) -> list[Job]:
+    """Every job of the preset, each once, ordered claim by claim (cheapest claim first), all
+    seeds of a cell together; the cells no claim uses (the ranking's) come last."""
+    jobs: dict[str, Job] = {}
+    for cell in cells(preset):
+        for seed in range(cell["seeds"]):
+            config = make_config(preset, data_dir, train_examples, cell, seed)
+            name = run_name(config)
+            if name in jobs:  # shared by two sections
+                old = jobs[name]
+                if cell["section"] not in old.sections:
+                    jobs[name] = dataclasses.replace(
+                        old, sections=old.sections + (cell["section"],)
+                    )
+                continue
+            jobs[name] = Job(name, "run", (cell["section"],), config, _analyses(cell, seed))
+    jobs["parity"] = Job("parity", "parity", ("parity",), params=("float32", "bfloat16", "float16"))
+    cost_norms = tuple(n for n in CNN_NORMS)
+    jobs["cost"] = Job(
+        "cost",
+        "cost",
+        ("cost",),
+        params=(
+            ("norms", cost_norms),
+            ("rounds", preset.cost_rounds),
+            ("steps", preset.cost_steps),
+            ("batch_size", preset.reference_batch),
+            ("model", tuple(sorted(preset.cnn_model.items()))),
+        ),
+    )
+    return order(preset, list(jobs.values()))
+
+
+def order(preset: Preset, jobs: list[Job]) -> list[Job]:
+    """Claim by claim, the claim whose jobs not yet placed cost least first."""
+    placed: list[Job] = []
+    left = {j.name: j for j in jobs}
+    groups = [
+        [j for j in jobs if any(claims.uses(c, _facts(j)) for c in claim.sides())]
+        for claim in claims.CLAIMS
+    ]
+    while any(any(j.name in left for j in g) for g in groups):
+        g = min(
+            (g for g in groups if any(j.name in left for j in g)),
+            key=lambda g: sum(seconds(preset, j) for j in g if j.name in left),
+        )
+        for j in sorted(g, key=lambda j: _cell_key(j)):
+            if j.name in left:
+                placed.append(left.pop(j.name))
+    placed += sorted(left.values(), key=_cell_key)
+    return placed
+
+
+def _cell_key(job: Job) -> tuple:
+    c = job.config
+    if c is None:
+        return ("~", job.name)
+    return (
+        job.sections[0],
+        c.arch,
+        c.norm,
+        c.batch_size,
+        c.learning_rate,
+        c.wn_init,
+        c.recurrent_gain,
+        c.seed,
+    )
+
+
+def _facts(job: Job) -> dict:
+    """What a claim's selector can match: the job's sections and varying settings."""
+    return facts(job.sections, job.config.__dict__ if job.config else {"kind": job.kind}, job.kind)
+
+
+def facts(sections, config: dict, kind: str = "run") -> dict:
+    """The selector-visible facts of a job or record (claims.uses matches them)."""
+    keys = ("arch", "norm", "batch_size", "learning_rate", "wn_init", "recurrent_gain", "seed")
+    return {"sections": tuple(sections), "kind": kind, **{k: config.get(k) for k in keys}}
+
+
+def seconds(preset: Preset, job: Job) -> float:
+    """The cost model's prediction of a job's wall time on 2 cores."""
+    if job.kind == "parity":
+        return 40.0
+    if job.kind == "cost":
+        return (
+            20.0
+            + 2 * len(dict(job.params)["norms"]) * preset.cost_rounds * preset.cost_steps * 0.05
+        )
+    c = job.config
+    fixed_table = dict(preset.fixed_seconds)
+    fixed = fixed_table.get(f"{c.arch}/{c.norm}", fixed_table[c.arch])
+    table = {k: (a, b) for k, a, b in preset.step_ms}
+    a, b = table.get(f"{c.arch}/{c.norm}", table[c.arch])
+    evals = c.train_steps // c.eval_every + 1
+    examples = evals * preset.base["validation_size"] + 2 * preset.base["validation_size"] + 10000
+    extra = 0.0
+    if "twins" in job.analyses:
+        extra += fixed + 3 * preset.twin_steps * (a + b * c.batch_size) / 1000
+    if "bn_eval" in job.analyses:
+        extra += 2 * 10000 * dict(preset.example_ms)[c.arch] / 1000
+    return (
+        fixed
+        + c.train_steps * (a + b * c.batch_size) / 1000
+        + examples * dict(preset.example_ms)[c.arch] / 1000
+        + extra
+    )
+
+
+def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """The jobs of shard index/count: every count-th job of the plan from index (0-based).
+    Deterministic, so N machines given 0/N .. N-1/N train disjoint jobs that cover the plan."""
+    return [j for i, j in enumerate(jobs) if i % count == index]
 
 
 def budget(preset: Preset, section: str) -> str:
-    """The section's training budget, in words (every section of the report states it)."""
+    """A section's training budget, in words (each section of the report states it)."""
     p = preset
-    seeds = f"{len(p.seeds)} seeds ({', '.join(map(str, p.seeds))})"
+    seeds = f"{p.seeds} seeds (0-{p.seeds - 1})"
+    head = f"{p.headline_seeds} seeds for batch and layer norm"
     cnn = f"batch {p.reference_batch}, SGD momentum 0.9, cosine decay from {p.base_lr:g}"
     return {
-        "cnn": f"{epochs(p.cnn_epochs)}, {cnn}, {seeds}",
-        "converged": f"{epochs(p.converged_epochs)} with augmentation (flips, 2-pixel shifts), "
-        f"{cnn}, {seeds}",
-        "long": f"batch norm only, {epochs(p.long_epochs)} with augmentation, {cnn}, {seeds}",
-        "impl": f"{epochs(p.cnn_epochs)} as section cnn, seed {p.seeds[0]}; twins: "
-        f"{p.twin_steps} steps in lock step",
-        "batch": f"{epochs(p.batch_epochs)} at every batch size (the same examples), lr "
+        "cnn": f"{p.cnn_epochs:g} epochs, {cnn}; {seeds}, {head}",
+        "wn_init": f"{p.cnn_epochs:g} epochs as section cnn; {seeds}",
+        "lr": f"{p.cnn_epochs:g} epochs at batch {p.reference_batch}, SGD momentum 0.9, cosine "
+        f"decay from each peak rate; {seeds}",
+        "batch": f"{p.batch_epochs:g} epochs at every batch size (the same examples), lr "
         f"{p.base_lr:g} x B / {p.reference_batch}, bn momentum {p.bn_momentum} ^ (B / "
-        f"{p.reference_batch}), {seeds}",
-        "lr": f"{epochs(p.lr_epochs)} at batch {p.reference_batch}, SGD momentum 0.9, cosine "
-        f"decay from each peak rate, {seeds}",
-        "lstm": f"{epochs(p.lstm_epochs)}, batch {p.reference_batch}, Adam at a constant "
-        f"{p.lstm_lr:g}, {seeds}; built-ins seed {p.seeds[0]}",
-        "lstm_batch": f"{epochs(p.lstm_batch_epochs)} at every batch size, Adam at "
-        f"{p.lstm_lr:g} x sqrt(B / {p.reference_batch}), {seeds}",
-    }[section]
+        f"{p.reference_batch}); {seeds}",
+        "lstm": f"{p.lstm_epochs:g} epochs, batch {p.reference_batch}, Adam at a constant "
+        f"{p.lstm_lr:g}; {seeds}, {head}",
+        "lstm_gain": f"as section lstm; {seeds}",
+    }.get(section, "")

@@ -1,8 +1,8 @@
-"""The report's figures: one PNG per function, drawn with matplotlib's Agg backend.
+"""The report's figures, drawn from report.tables' rows with matplotlib's Agg backend.
 
-Every mean over seeds is drawn with its 95% confidence interval (a band for curves, error bars
-for points). Each function writes `<directory>/<name>.png` and returns the file name, or None
-when it has nothing to draw.
+Means over seeds carry their 95% t interval (a band for curves, bars for points), clipped to
+what the quantity can take. Each function writes `<directory>/<name>` and returns the name,
+or None when it has nothing to draw.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only: no display on a training machine
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from normlab.report import stats  # noqa: E402
 
@@ -26,161 +27,164 @@ COLORS = {
     "rms": "#ff7f0e",
     "weight": "#2ca02c",
 }
+LAYER_COLORS = plt.get_cmap("tab10").colors
 DPI = 110
 
 
 def _save(fig, directory: str, name: str) -> str:
     os.makedirs(directory, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(os.path.join(directory, name), dpi=DPI)
+    fig.savefig(os.path.join(directory, name), dpi=DPI, metadata={"Software": None})
     plt.close(fig)
     return name
 
 
-def _band(ax, steps, per_seed: np.ndarray, color, label) -> None:
-    """Mean over seeds (rows) with the 95% t interval at each step."""
-    mean = per_seed.mean(0)
-    ax.plot(steps, mean, color=color, label=label)
-    if len(per_seed) > 1:
-        half = (
-            stats.t_quantile(0.975, len(per_seed) - 1)
-            * per_seed.std(0, ddof=1)
-            / np.sqrt(len(per_seed))
-        )
-        ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.2)
-
-
-def validation_curves(panels: list[tuple[str, object]], directory: str, name: str) -> str | None:
-    """Validation accuracy and loss per norm for each (title, Comparison) panel."""
-    panels = [(t, c) for t, c in panels if c is not None and any(c.curves.values())]
-    if not panels:
+def curves(rows, directory: str, name: str, title: str, threshold: float) -> str | None:
+    """Validation accuracy per norm over steps: mean over seeds and 95% band within [0, 1]."""
+    rows = [r for r in rows if r.curves]
+    if not rows:
         return None
-    fig, axes = plt.subplots(2, len(panels), figsize=(5.5 * len(panels), 7), squeeze=False)
-    for col, (title, comparison) in enumerate(panels):
-        lows = []
-        for norm, seeds in comparison.curves.items():
-            if not seeds:
-                continue
-            steps = sorted(set.intersection(*(set(s[0].tolist()) for s in seeds)))
-            for row, index in ((0, 1), (1, 2)):
-                per_seed = np.array([np.interp(steps, s[0], s[index]) for s in seeds])
-                _band(axes[row][col], steps, per_seed, COLORS.get(norm), f"{norm} ({len(seeds)})")
-            lows.append(min(float(np.max(s[1])) for s in seeds))
-        axes[0][col].set(title=f"{title}: validation accuracy", xlabel="step", ylabel="accuracy")
-        if lows:
-            axes[0][col].set_ylim(max(0.0, min(lows) - 0.08), None)
-        axes[1][col].set(
-            title=f"{title}: validation loss", xlabel="step", ylabel="loss", yscale="log"
-        )
-        axes[0][col].legend(title="norm (seeds)", fontsize=8)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    low = 1.0
+    for r in rows:
+        steps = sorted(set.intersection(*(set(s) for s, _ in r.curves)))
+        per_seed = np.array([np.interp(steps, s, a) for s, a in r.curves])
+        mean = per_seed.mean(0)
+        ax.plot(steps, mean, color=COLORS.get(r.norm), label=f"{r.label} ({len(r.curves)} seeds)")
+        if len(per_seed) > 1:
+            half = stats.t_quantile(0.975, len(per_seed) - 1) * per_seed.std(0, ddof=1)
+            half /= np.sqrt(len(per_seed))
+            ax.fill_between(
+                steps,
+                np.clip(mean - half, 0, 1),
+                np.clip(mean + half, 0, 1),
+                color=COLORS.get(r.norm),
+                alpha=0.2,
+            )
+        low = min(low, float(np.min(mean[len(mean) // 5 :])) if len(mean) else 1.0)
+    ax.axhline(threshold, color="black", lw=0.8, ls=":", label=f"threshold {threshold:.0%}")
+    ax.set(title=title, xlabel="training step", ylabel="validation accuracy")
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.legend(fontsize=8)
     return _save(fig, directory, name)
 
 
-def _errorbar(ax, xs, estimates, color, label) -> None:
-    xs = [x for x, e in zip(xs, estimates) if e is not None]
-    es = [e for e in estimates if e is not None]
-    if not es:
-        return
-    means = np.array([e.mean for e in es])
-    low = np.array([e.mean - e.low if e.n > 1 else 0.0 for e in es])
-    high = np.array([e.high - e.mean if e.n > 1 else 0.0 for e in es])
-    ax.errorbar(xs, means, yerr=[low, high], color=color, marker="o", capsize=3, label=label)
-
-
-def sweeps(panels: list[tuple[str, list, str]], directory: str, name: str) -> str | None:
-    """Test accuracy against a swept setting, per norm, 95% intervals as error bars; crosses at
-    the bottom mark settings where a seed diverged; batch norm's batch-statistics accuracy
-    dashed."""
+def sweep(panels, directory: str, name: str) -> str | None:
+    """Test accuracy against a swept setting per norm (error bars: 95% intervals within
+    [0, 1]); the settings are the tick labels; x marks cells where a seed diverged."""
     panels = [p for p in panels if p[1]]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     for ax, (title, cells, xlabel) in zip(axes[0], panels):
-        for norm in dict.fromkeys(c.norm for c in cells):
-            mine = [c for c in cells if c.norm == norm]
-            xs = [c.setting for c in mine]
-            _errorbar(ax, xs, [c.test_acc for c in mine], COLORS.get(norm), norm)
-            if any(c.batch_stats_acc for c in mine):
-                ests = [c.batch_stats_acc for c in mine]
+        values = sorted({v for cells_ in cells.values() for v, _ in cells_})
+        for norm, cells_ in cells.items():
+            xs = [v for v, r in cells_ if r.acc]
+            es = [r.acc for _, r in cells_ if r.acc]
+            lo = [e.mean - e.low if e.has_interval else 0 for e in es]
+            hi = [e.high - e.mean if e.has_interval else 0 for e in es]
+            ax.errorbar(
+                xs,
+                [e.mean for e in es],
+                yerr=[lo, hi],
+                color=COLORS.get(norm),
+                marker="o",
+                capsize=3,
+                label=norm,
+            )
+            bn = [(v, r.bn_eval.mean) for v, r in cells_ if r.bn_eval]
+            if bn:
                 ax.plot(
-                    [x for x, e in zip(xs, ests) if e],
-                    [e.mean for e in ests if e],
+                    *zip(*bn),
                     "--",
                     color=COLORS.get(norm),
                     label=f"{norm}, batch statistics at test",
                 )
-            crosses = [c.setting for c in mine if c.diverged]
-            if crosses:
-                ax.plot(
-                    crosses,
-                    [0.03] * len(crosses),
-                    "x",
-                    color=COLORS.get(norm),
-                    markersize=10,
-                    clip_on=False,
-                    transform=ax.get_xaxis_transform(),
-                )
-        ax.set(title=title, xlabel=xlabel, ylabel="test accuracy", xscale="log")
+            for v, r in cells_:
+                if r.diverged:
+                    ax.plot(
+                        [v],
+                        [0.02],
+                        "x",
+                        color=COLORS.get(norm),
+                        ms=10,
+                        clip_on=False,
+                        transform=ax.get_xaxis_transform(),
+                    )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(values))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{v:g}" for v in values])
+        ax.set(title=title, xlabel=xlabel, ylabel="test accuracy", ylim=(0.0, 1.0))
         ax.legend(fontsize=8)
     return _save(fig, directory, name)
 
 
 def twins(twin_results: dict, directory: str) -> str | None:
-    """Relative parameter distance of the built-in and one-ulp twins to the custom model."""
+    """Relative parameter distance of the built-in and the one-ulp twins to the custom model."""
     if not twin_results:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for norm, twin in twin_results.items():
-        steps = twin["steps"][1:]
-        for key, style in (("builtin", "-"), ("perturbed", ":")):
-            values = np.maximum(twin["distance"][key][1:], 1e-12)
-            ax.plot(steps, values, style, color=COLORS.get(norm), label=f"{norm} {key}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for key, twin in twin_results.items():
+        norm = key.split()[-1]
+        for which, style in (("builtin", "-"), ("perturbed", ":")):
+            values = np.maximum(twin["distance"][which], 1e-12)
+            color = COLORS.get(norm) if key.startswith("CNN") else None
+            ax.plot(twin["step"], values, style, color=color, label=f"{key}, {which}")
     ax.set(
         xlabel="step",
         ylabel="||theta - theta_custom|| / ||theta_custom||",
         yscale="log",
-        title="Trained in lock step: built-in (solid) and one-ulp control (dotted)",
+        title="In lock step: built-in (solid) and one-ulp control (dotted)",
     )
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, directory, "twins.png")
 
 
-def inside(curves: dict, directory: str) -> str | None:
-    """Each hidden layer's activation std before and after its norm, and its gradient norm."""
-    if not curves:
+def inside(rows: list[dict], directory: str) -> str | None:
+    """Per norm (x) and hidden layer (one colour each): first (hollow) and last (filled) value
+    of the activation std before and after the norm and of the gradient norm."""
+    if not rows:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for norm, tags in curves.items():
-        for tag, (steps, values) in tags.items():
-            parts = tag.split("/")
-            if tag.startswith("activation/") and parts[2] in ("pre_std", "post_std"):
-                ax = axes[0] if parts[2] == "pre_std" else axes[1]
-            elif (
-                tag.startswith("grad_norm/")
-                and parts[1] != "global"
-                and not parts[1].endswith("_norm")
-            ):
-                ax = axes[2]
-            else:
+    norms = list(dict.fromkeys(r["norm"] for r in rows))
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    keys = (
+        ("pre_std", "std before the norm"),
+        ("post_std", "std after the norm"),
+        ("grad_norm", "gradient norm"),
+    )
+    for ax, (key, title) in zip(axes, keys):
+        for r in rows:
+            if key not in r:
                 continue
-            ax.plot(steps, values, color=COLORS.get(norm), alpha=0.7, label=f"{norm} {parts[1]}")
-    for ax, title in zip(axes, ("std before the norm", "std after the norm", "gradient norm")):
-        ax.set(title=title, xlabel="step", yscale="log")
-    axes[2].legend(fontsize=6, ncol=2)
+            i, j = norms.index(r["norm"]), layers.index(r["layer"])
+            x = i + (j - (len(layers) - 1) / 2) * 0.12
+            color = LAYER_COLORS[j % len(LAYER_COLORS)]
+            first, last = r[key]
+            ax.plot([x, x], [first, last], color=color, lw=1)
+            ax.plot([x], [first], "o", mfc="none", color=color)
+            ax.plot([x], [last], "o", color=color, label=r["layer"] if i == 0 or key else None)
+        ax.set_xticks(range(len(norms)), norms)
+        ax.set(title=f"{title}: first (hollow), last (filled)", yscale="log")
+    handles = [
+        plt.Line2D([], [], color=LAYER_COLORS[j % 10], marker="o", label=layer)
+        for j, layer in enumerate(layers)
+    ]
+    axes[2].legend(handles=handles, fontsize=8, title="layer")
     return _save(fig, directory, "inside.png")
 
 
 def cost(estimates: dict, directory: str) -> str | None:
-    """ms per training step of each model (interleaved benchmark), 95% intervals."""
+    """ms per training step of each norm's CNN, 95% intervals over the interleaved rounds."""
     if not estimates:
         return None
-    keys = sorted(estimates)
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(keys) + 1.5))
+    keys = list(estimates)
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(keys) + 1.5))
     for i, key in enumerate(keys):
         e = estimates[key]
-        norm = key.split("/")[1]
-        xerr = [[e.mean - e.low], [e.high - e.mean]] if e.n > 1 else None
-        ax.barh(i, e.mean, xerr=xerr, color=COLORS.get(norm), alpha=0.8, capsize=3)
-    ax.set_yticks(range(len(keys)), keys, fontsize=8)
-    ax.set(xlabel="ms per training step (batch of the runs)", title="Cost per step")
+        xerr = [[e.mean - e.low], [e.high - e.mean]] if e.has_interval else None
+        ax.barh(i, e.mean, xerr=xerr, color=COLORS.get(key), alpha=0.85, capsize=3)
+    ax.set_yticks(range(len(keys)), keys)
+    ax.set(xlabel="ms per training step", title="Cost per step (interleaved rounds)")
     return _save(fig, directory, "cost.png")

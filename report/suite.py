@@ -1,198 +1,272 @@
-"""Runs a plan's training runs under one root: reuses complete runs, resumes partial ones.
+"""Runs a plan's jobs: skips those with a record, trains the rest, writes each record at once.
 
-Each run is a Trainer model_dir `<root>/<run name>`. Next to the trainer's files the suite
-keeps `suite.json`: the run's outcome (complete or diverged), its measured wall time summed
-over every session that trained it, the number of sessions and the commits of the code that
-trained it. A run counts as done when its
-flags match the plan and either metrics.json reports the planned step (complete) or suite.json
-records a divergence (a non-finite loss: retrying would diverge again, identically).
+A job whose record exists with the same configuration hash is done, on any machine; only a
+run in progress needs its scratch run directory (`<root>/<name>`: the trainer's checkpoints,
+from which it resumes). A run whose loss becomes non-finite is an outcome ("diverged" at its
+step), not an error. `--jobs=K` trains K jobs at once in K worker processes, each with its
+share of the cores' threads; `--shard=I/N` takes every N-th job of the plan (design.shard).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import statistics
+import subprocess
 import time
+import uuid
 from collections.abc import Callable
 
 from normlab import machine
-from normlab.report.design import RunSpec
-from normlab.trainer.config import Config, flags_path
-from normlab.trainer.errors import NonFiniteError, UsageError
+from normlab.report import design, records
 from normlab.trainer.loop import duration
-from normlab.trainer.run_dir import METRICS_FILE, write_atomically
 
-RECORD_FILE = "suite.json"
-COMPLETE, DIVERGED, PARTIAL, MISSING = "complete", "diverged", "partial", "missing"
+WALL_FILE = "suite.json"  # in a scratch run directory: wall seconds of earlier sessions
 
 
-@dataclasses.dataclass
-class Outcome:
-    """What became of one run: complete (with its metrics) or diverged (at a step)."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every job needs besides itself (picklable: sent to worker processes)."""
 
-    spec: RunSpec
-    status: str
-    metrics: dict
-    wall_seconds: float | None
-    diverged_at_step: int | None = None
-    commits: tuple[str, ...] = ()  # of the code that trained it; () if not recorded
-
-
-def read_json(path: str) -> dict | None:
-    """The JSON object in path, or None if the file is missing or unreadable (half-written)."""
-    try:
-        with open(path) as fh:
-            value = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    preset: design.Preset
+    root: str
+    results: str
+    data_dir: str
+    out: str = ""  # where REPORT.md goes (--commit_records rewrites it after each record)
+    threads: int = 0  # TensorFlow threads per process; 0: TensorFlow's default (all cores)
 
 
-def write_json(path: str, value: dict) -> None:
-    write_atomically(path, json.dumps(value, indent=2) + "\n")
+_SPLITS = {}  # this process's data, loaded once
 
 
-def state(root: str, spec: RunSpec) -> str:
-    """MISSING, PARTIAL, COMPLETE or DIVERGED; UsageError if the directory holds another run."""
-    directory = os.path.join(root, spec.name)
-    if not os.path.isfile(flags_path(directory)):
-        return MISSING
-    conflicts = Config.from_flagfile(flags_path(directory)).differences(spec.config, True)
-    if conflicts:
-        raise UsageError(
-            f"{directory} holds a run with other settings than this preset plans "
-            f"({'; '.join(conflicts[:4])}{'; ...' if len(conflicts) > 4 else ''}). It was made "
-            "by another preset or --data_dir: use another --root, the same --data_dir, or "
-            "remove that directory."
+def _splits(setup: Setup):
+    if "splits" not in _SPLITS:
+        from normlab import data
+
+        _SPLITS["splits"] = data.load(
+            setup.preset.base["dataset"],
+            setup.data_dir or None,
+            setup.preset.base["validation_size"],
         )
-    metrics = read_json(os.path.join(directory, METRICS_FILE))
-    if metrics and metrics.get("step", 0) >= spec.config.train_steps:
-        return COMPLETE
-    record = read_json(os.path.join(directory, RECORD_FILE)) or {}
-    return DIVERGED if record.get("status") == DIVERGED else PARTIAL
+    return _SPLITS["splits"]
 
 
-def load_outcome(root: str, spec: RunSpec) -> Outcome:
-    """The outcome of a done run (state COMPLETE or DIVERGED) from its files."""
-    directory = os.path.join(root, spec.name)
-    status = state(root, spec)
-    if status not in (COMPLETE, DIVERGED):
-        raise UsageError(f"{directory} is not a finished run ({status})")
-    record = read_json(os.path.join(directory, RECORD_FILE)) or {}
-    metrics = (read_json(os.path.join(directory, METRICS_FILE)) or {}) if status == COMPLETE else {}
-    return Outcome(
-        spec=spec,
-        status=status,
-        metrics=metrics,
-        # A run trained outside the suite (train.py, same flags): the trainer's training time.
-        wall_seconds=record.get("wall_seconds", metrics.get("train_seconds")),
-        diverged_at_step=record.get("diverged_at_step"),
-        commits=tuple(record.get("commits", ())),
-    )
+def _init_worker(setup: Setup) -> None:
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    if setup.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(setup.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(setup.threads)
+    _splits(setup)
 
 
-def train(root: str, spec: RunSpec, splits, log: Callable[[str], None]) -> Outcome:
-    """Trains (or resumes) one run to its end; a non-finite loss is an outcome, not an error."""
+def run_job(job: design.Job, setup: Setup, log: Callable[[str], None] = lambda _: None) -> dict:
+    """Does one job and writes its record; returns the record."""
+    from normlab.report import analyses
+
+    splits, info = _splits(setup), machine.describe()
+    preset = setup.preset
+    start = time.perf_counter()
+    if job.kind == "parity":
+        record = records.base(job, preset.name, info)
+        record.update(result=analyses.parity_table())
+    elif job.kind == "cost":
+        params = dict(job.params)
+        configs = {
+            norm: dataclasses.replace(
+                design.make_config(
+                    preset,
+                    setup.data_dir,
+                    len(splits.train_x),
+                    dict(arch="default", norm=norm, epochs=1.0),
+                    0,
+                ),
+                train_steps=10**9,
+            )
+            for norm in params["norms"]
+        }
+        record = records.base(job, preset.name, info)
+        record.update(result=analyses.cost(configs, splits, params["rounds"], params["steps"]))
+    else:
+        outcome = _train(job, setup, splits, log)
+        run_dir = os.path.join(setup.root, job.name)
+        if outcome["status"] == records.COMPLETE:
+            begin = time.perf_counter()
+            outcome["analyses"] = _analyses(job, run_dir, splits, preset)
+            outcome["wall_seconds"] += time.perf_counter() - begin
+        record = records.run_record(job, preset.name, run_dir, outcome, info)
+        record["classes"] = splits.info.num_classes
+    record["train_examples"] = len(splits.train_x)
+    record.setdefault("wall_seconds", time.perf_counter() - start)
+    record["threads"] = setup.threads or os.cpu_count()
+    records.write_json(records.path(setup.results, preset.name, job.name), record)
+    return record
+
+
+def _train(job, setup: Setup, splits, log) -> dict:
+    """Trains (or resumes) the run; its wall time summed over sessions (kept in the run dir)."""
+    from normlab.trainer.errors import NonFiniteError
     from normlab.trainer.trainer import Trainer
 
-    directory = os.path.join(root, spec.name)
+    run_dir = os.path.join(setup.root, job.name)
+    earlier = (records.read_json(os.path.join(run_dir, WALL_FILE)) or {}).get("wall_seconds", 0.0)
     start = time.perf_counter()
-    status, diverged_at = PARTIAL, None
+    status, step = records.COMPLETE, None
+    trainer = Trainer(job.config, run_dir, splits=splits, log=log)
     try:
-        trainer = Trainer(spec.config, directory, splits=splits, log=log)
-        try:
-            trainer.train_and_evaluate()
-        finally:
-            trainer.close()
-        status = COMPLETE
+        trainer.train_and_evaluate()
     except NonFiniteError as e:
-        status, diverged_at = DIVERGED, e.step
+        status, step = records.DIVERGED, e.step
     finally:
-        if os.path.isfile(flags_path(directory)):  # the Trainer got as far as a run directory
-            path = os.path.join(directory, RECORD_FILE)
-            record = read_json(path) or {}
-            record.update(
-                name=spec.name,
-                status=status,
-                wall_seconds=record.get("wall_seconds", 0.0) + time.perf_counter() - start,
-                sessions=record.get("sessions", 0) + 1,
-                commits=sorted(set(record.get("commits", [])) | {machine.commit()}),
-            )
-            if status == DIVERGED:
-                record["diverged_at_step"] = diverged_at
-            write_json(path, record)
-    return load_outcome(root, spec)
+        trainer.close()
+        wall = earlier + time.perf_counter() - start
+        records.write_json(os.path.join(run_dir, WALL_FILE), {"wall_seconds": wall})
+    return {"status": status, "diverged_at_step": step, "wall_seconds": wall}
+
+
+def _analyses(job, run_dir, splits, preset) -> dict:
+    from normlab.report import analyses
+
+    out, c = {}, job.config
+    if "layer_parity" in job.analyses:
+        out["layer_parity"] = analyses.layer_parity(c, run_dir, splits)
+    if "twins" in job.analyses:
+        out["twins"] = analyses.twins(c, splits, preset.twin_steps)
+    if "bn_eval" in job.analyses:
+        out["bn_eval"] = analyses.bn_eval(c, run_dir, splits)
+    return out
+
+
+def _work(job: design.Job):
+    """A worker process's task: one job; returns (name, record summary) or (name, error)."""
+    try:
+        return job.name, summary(run_job(job, _WORKER_SETUP["setup"])), None
+    except Exception as e:  # noqa: BLE001 - reported by the parent, which goes on
+        return job.name, None, f"{type(e).__name__}: {e}"
+
+
+_WORKER_SETUP = {}
+
+
+def _init(setup: Setup) -> None:
+    _WORKER_SETUP["setup"] = setup
+    _init_worker(setup)
+
+
+def summary(record: dict) -> str:
+    took = duration(record.get("wall_seconds"))
+    if record["kind"] != "run":
+        return f"measured ({took})"
+    if record["status"] == records.DIVERGED:
+        return f"diverged at step {record['diverged_at_step']} ({took})"
+    return f"test accuracy {record['final']['test_accuracy']:.4f} ({took})"
 
 
 class Estimator:
-    """Predicts a run's wall time: the median seconds per training example of the finished
-    runs of the same (arch, norm, impl, batch size), else of the same arch, else 0.3 ms (the
-    CNN at batch 128 on 2 cores)."""
+    """The cost model (design.seconds) scaled by measured / predicted over the records done."""
 
-    def __init__(self):
-        self._rates: dict[tuple, list[float]] = {}
+    def __init__(self, preset: design.Preset, done: list[tuple[design.Job, dict]]):
+        self.preset, self.measured, self.predicted = preset, 0.0, 0.0
+        for job, record in done:
+            self.add(job, record)
 
-    def add(self, outcome: Outcome) -> None:
-        c = outcome.spec.config
-        if outcome.status == COMPLETE and outcome.wall_seconds:
-            for key in ((c.arch, c.norm, c.norm_impl, c.batch_size), (c.arch,)):
-                self._rates.setdefault(key, []).append(outcome.wall_seconds / outcome.spec.examples)
+    def add(self, job: design.Job, record: dict) -> None:
+        if record.get("wall_seconds"):
+            self.measured += record["wall_seconds"]
+            self.predicted += design.seconds(self.preset, job)
 
-    def seconds(self, spec: RunSpec) -> float:
-        c = spec.config
-        for key in ((c.arch, c.norm, c.norm_impl, c.batch_size), (c.arch,)):
-            if key in self._rates:
-                return statistics.median(self._rates[key]) * spec.examples
-        return 3e-4 * spec.examples
+    @property
+    def scale(self) -> float:
+        return self.measured / self.predicted if self.measured and self.predicted else 1.0
+
+    def seconds(self, job: design.Job) -> float:
+        return design.seconds(self.preset, job) * self.scale
 
 
-def run_all(root: str, specs: list[RunSpec], splits, say, trainer_log) -> list[Outcome]:
-    """Every run of the plan, reusing done ones; `say` gets one progress line per event."""
-    states = {spec.name: state(root, spec) for spec in specs}  # conflicts fail before training
-    done = {COMPLETE, DIVERGED}
-    counts = {s: sum(v == s for v in states.values()) for s in (COMPLETE, DIVERGED, PARTIAL)}
+def commit_record(setup: Setup, name: str, say) -> None:
+    """--commit_records: rewrites the report from the records and commits it with the new
+    record, so a session that ends loses at most the run in progress and every commit's
+    REPORT.md is the one its records give."""
+    from normlab.report import writer
+
+    report = writer.write(setup.preset, setup.results, setup.out)
+    files = [
+        os.path.abspath(p)
+        for p in (records.path(setup.results, setup.preset.name, name), report)
+        + (records.sessions_path(setup.results, setup.preset.name),)
+    ] + [os.path.abspath(os.path.join(setup.out, writer.FIGURES_DIR))]
+    folder = os.path.dirname(files[0])
+    message = f"report: record {name} ({setup.preset.name} preset), REPORT.md rewritten"
+    try:
+        for args in (["add", "-A", "--", *files], ["commit", "-q", "-m", message, "--", *files]):
+            subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        say(f"could not commit {name}'s record ({e}); it is written: commit it yourself")
+
+
+def run_all(jobs, setup: Setup, jobs_at_once: int, say, trainer_log, commit: bool) -> int:
+    """Every job of `jobs` not yet done; returns the number that failed (0: all done)."""
+    import tensorflow as tf
+
+    # Dozens of Trainers in one process each trace their own tf.functions; TensorFlow's
+    # "excessive retracing" warning about that is expected here, and noise.
+    tf.get_logger().setLevel("ERROR")
+    preset = setup.preset
+    done = [j for j in jobs if records.is_done(setup.results, preset.name, j)]
+    todo = [j for j in jobs if j not in done]
+    existing = records.load_all(setup.results, preset.name)
+    estimator = Estimator(preset, [(j, existing[j.name]) for j in done if j.name in existing])
     say(
-        f"{len(specs)} runs under {root}: {counts[COMPLETE]} complete, {counts[DIVERGED]} "
-        f"diverged (both reused), {counts[PARTIAL]} to resume, "
-        f"{len(specs) - sum(counts.values())} to train"
+        f"{len(jobs)} jobs: {len(done)} done (records in "
+        f"{records.directory(setup.results, preset.name)}), {len(todo)} to do, about "
+        f"{duration(sum(map(estimator.seconds, todo)) / jobs_at_once)} with {jobs_at_once} at once"
     )
-    estimator, outcomes = Estimator(), []
-    for spec in specs:
-        if states[spec.name] in done:
-            estimator.add(load_outcome(root, spec))
-    session_start = time.perf_counter()
-    width = len(str(len(specs)))
-    for index, spec in enumerate(specs, 1):
-        tag = f"[{index:>{width}}/{len(specs)}]"
-        if states[spec.name] in done:
-            outcome = load_outcome(root, spec)
-            say(f"{tag} reused   {spec.name}: {_summary(outcome)}")
-        else:
-            eta = sum(
-                estimator.seconds(s) for s in specs[index - 1 :] if states[s.name] not in done
-            )
-            verb = "resuming" if states[spec.name] == PARTIAL else "training"
+    session = {
+        "id": uuid.uuid4().hex[:8],
+        "preset": preset.name,
+        "jobs_at_once": jobs_at_once,
+        "cpu": machine.cpu_model(),
+        "commit": machine.commit(),
+        "done": 0,
+    }
+    start, failures, width = time.perf_counter(), 0, len(str(len(todo)))
+
+    by_name = {j.name: j for j in todo}
+
+    def finished(index, name, text, error):
+        nonlocal failures
+        tag = f"[{index:>{width}}/{len(todo)}]"
+        if error:
+            failures += 1
+            say(f"{tag} FAILED {name}: {error}")
+            return
+        session["done"] += 1
+        session["seconds"] = time.perf_counter() - start
+        records.add_session(setup.results, preset.name, session)
+        record = records.read_json(records.path(setup.results, preset.name, name)) or {}
+        estimator.add(by_name[name], record)
+        say(f"{tag} done {name}: {text}  elapsed {duration(time.perf_counter() - start)}")
+        if commit:
+            commit_record(setup, name, say)
+
+    if jobs_at_once <= 1:
+        for i, job in enumerate(todo, 1):
+            eta = sum(map(estimator.seconds, todo[i - 1 :]))
             say(
-                f"{tag} {verb} {spec.name} ({', '.join(spec.sections)}; "
-                f"{spec.config.train_steps} steps)  elapsed "
-                f"{duration(time.perf_counter() - session_start)}  ETA {duration(eta)}"
+                f"[{i:>{width}}/{len(todo)}] {job.name} ({', '.join(job.sections)})  "
+                f"ETA {duration(eta)}"
             )
-            outcome = train(root, spec, splits, trainer_log)
-            estimator.add(outcome)
-            say(f"{tag} {outcome.status:<8} {spec.name}: {_summary(outcome)}")
-        outcomes.append(outcome)
-    return outcomes
+            finished(i, job.name, summary(run_job(job, setup, trainer_log)), None)
+        return failures
+    import multiprocessing
 
-
-def _summary(outcome: Outcome) -> str:
-    took = f"{duration(outcome.wall_seconds)} of training" if outcome.wall_seconds else "time ?"
-    if outcome.status == DIVERGED:
-        return f"diverged at step {outcome.diverged_at_step} ({took})"
-    return f"test accuracy {outcome.metrics.get('test_accuracy', float('nan')):.4f} ({took})"
-
-
-def missing(root: str, specs: list[RunSpec]) -> list[str]:
-    """The planned runs that are not done (for --report_only)."""
-    return [s.name for s in specs if state(root, s) not in (COMPLETE, DIVERGED)]
+    context = multiprocessing.get_context("spawn")
+    worker_setup = dataclasses.replace(setup, threads=max(1, (os.cpu_count() or 2) // jobs_at_once))
+    with context.Pool(jobs_at_once, initializer=_init, initargs=(worker_setup,)) as pool:
+        try:
+            for i, (name, text, error) in enumerate(pool.imap_unordered(_work, todo), 1):
+                finished(i, name, text, error)
+        except KeyboardInterrupt:
+            pool.terminate()
+            raise
+    return failures

@@ -1,346 +1,461 @@
-"""REPORT.md: the claims table and a short answer first, then one section per question with its
-budget, table and figure, then the runs."""
+"""REPORT.md and its figures as a pure function of the records: the answer, the claims table,
+then one section per question with its budget, table and figure, then the records.
+
+Nothing here reads the clock, the machine or a run directory: the same records give the same
+REPORT.md, byte for byte, on any machine (tests/test_report.py checks the committed one).
+"""
 
 from __future__ import annotations
 
 import collections
 import os
+import shutil
 
 from normlab.core.tables import markdown_table
-from normlab.report import design, stats
-from normlab.report.suite import DIVERGED
+from normlab.report import claims, design, figures, records, stats, tables
 from normlab.trainer.loop import duration
-from normlab.trainer.run_dir import write_atomically
 
-REPORT_FILE = "REPORT.md"
-FIGURES_DIR = "figures"
-# Published small CNNs on Fashion-MNIST (shared/REFERENCE.md, accuracy anchors).
-PUBLISHED_BN_CNN = 0.934
-VERDICT_RULE = (
-    "Verdict rule: a claim that A beats B is **supported** when the 95% interval of A minus B "
-    "lies above 0 in every setting it is tested in, **not supported** when it does in none, "
-    "**mixed** otherwise; a claim that A matches (or does not depend on) B is supported when "
-    "every interval lies within +-1 point, not supported when every interval lies outside, mixed "
-    "otherwise; **not tested** without runs. A diverged run counts at chance accuracy."
+REPORT_FILE, FIGURES_DIR = "REPORT.md", "figures"
+HOLM = (
+    "**How to read it.** Each mean over seeds is followed by its 95% interval (Student's t, n - 1 "
+    "degrees of freedom). Claims compare two cells that share seeds (initial weights and data "
+    "order), so each estimate is the mean of the per-seed differences A - B, oriented so that "
+    "a positive value favours A, with a paired t interval; the cost claim pairs the benchmark's "
+    "rounds. A claim that A beats B is *supported* when the interval lies above 0, "
+    "*contradicted* when it lies below, *inconclusive* when it contains 0. A claim that A "
+    "matches B is tested by two one-sided tests against +-1 accuracy point, fixed before any "
+    "run: supported when the 90% interval lies inside, contradicted when the 95% interval lies "
+    "wholly outside, inconclusive otherwise. Over the table, verdicts are held to Holm's rule at "
+    "family-wise level 0.05: a claim whose p-value Holm does not reject is inconclusive. A "
+    "diverged run counts at chance accuracy and as never reaching a threshold; a run that never "
+    "reaches a threshold is left out of that interval and counted (k of n). Intervals are "
+    "clipped to what the quantity can take (accuracy to [0, 100]%, differences to +-100 points, "
+    "times to >= 0) and then say '(clipped)'."
 )
 
 
 def _section(*parts: str) -> str:
-    """The non-empty parts, a blank line apart."""
     return "\n\n".join(p.strip("\n") for p in parts if p)
-
-
-def _table(header: str, rows: list, empty: str = "No runs.") -> str:
-    return markdown_table(header.split("|"), rows) if rows else empty
 
 
 def _acc(e) -> str:
     return "n/a" if e is None else e.format(100, 2, "%")
 
 
-def _figure(ctx, key: str, caption: str) -> str:
-    name = ctx["figures"].get(key)
+def _figure(name: str | None, caption: str) -> str:
     return f"![{caption}]({FIGURES_DIR}/{name})\n\n*{caption}*" if name else ""
 
 
-def _trained_by(runs) -> str:
-    """Which code trained the runs, from their suite records."""
-    counts = collections.Counter(c for o in runs for c in o.commits or ("not recorded",))
-    if len(counts) == 1:
-        return f"all trained by the code at commit {next(iter(counts))}"
-    listed = ", ".join(f"{c} ({n} runs)" for c, n in counts.most_common())
-    return f"trained by the code at commits {listed}"
+def _rows_table(rows: list[tables.Row], threshold: float, with_steps: bool = True) -> str:
+    body = []
+    for r in rows:
+        steps = (
+            r.steps.format(1, 0) + f" ({r.reached} of {r.runs - r.diverged} reached)"
+            if r.steps
+            else f"not reached (0 of {r.runs - r.diverged})"
+        )
+        line = [r.label, f"{r.runs}", f"{r.diverged}", _acc(r.acc)]
+        line += [steps] if with_steps else []
+        line += [r.ms.format(1, 1, " ms") if r.ms else "n/a"]
+        body.append(line)
+    header = ["cell", "seeds", "diverged", "test accuracy"]
+    header += [f"steps to {threshold:.0%} validation accuracy"] if with_steps else []
+    return markdown_table(header + ["ms per step (in training)"], body) if body else "No records."
 
 
-def header(ctx, r) -> str:
-    m, t, runs = ctx["machine"], ctx["timing"], ctx["outcomes"]
-    diverged = sum(o.status == DIVERGED for o in runs)
+def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, shown: str) -> str:
+    p = ctx.preset
+    commits = collections.Counter(r["commit"] for r in ctx.records)
+    cpus = collections.Counter(r["cpu"] for r in ctx.records)
+    tfs = sorted({r["tensorflow"] for r in ctx.records})
+    wall = sum(s.get("seconds", 0.0) for s in sessions)
+    planned, total = sum(design.seconds(p, j) for j in jobs), len(jobs)
+    jobs_at_once = sorted({s.get("jobs_at_once", 1) for s in sessions})
     return _section(
         "# normlab: which normalization, and why",
-        f"Generated {m['date']} by `{ctx['command']}` (preset **{r.preset.name}**: "
-        f"{r.preset.description}). Every number is read from the runs under `{ctx['root']}` by "
-        f"`report/`; regenerate this file from the same runs without training: "
-        f"`{ctx['regenerate']}`.",
-        f"- Runs: {len(runs)} ({len(runs) - diverged} complete, {diverged} diverged), "
-        f"{_trained_by(runs)}; this file written by the code at commit {m['commit']}.\n"
-        f"- Wall time of the suite: **{duration(t['total'])}** (training {duration(t['runs'])}, "
-        f"analyses {duration(t['analyses'])}, reading and writing {duration(t['overhead'])}).\n"
-        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['os']}; Python "
-        f"{m['python']}, TensorFlow {m['tensorflow']}, NumPy {m['numpy']}.\n"
-        "- Every mean over seeds is followed by its 95% confidence interval in brackets "
-        "(Student's t; differences: Welch). Accuracies are test accuracies in inference mode "
-        "unless a column says otherwise.",
+        f"Written by `report.py --preset={p.name} --write` from the {len(ctx.records)} records in "
+        f"`{shown}/` (preset **{p.name}**: {p.description}); nothing in it is "
+        "typed by hand. Train what is missing and rewrite it: "
+        f'`report.py --preset={p.name}` (BUILD_NOTES.md, "The report\'s suite").',
+        f"- Records: {len(ctx.records)} of {total} planned jobs"
+        + (f" (**{missing} missing**: the claims they feed say *not tested*)" if missing else "")
+        + f"; made by the code at commit{'s' if len(commits) > 1 else ''} "
+        + ", ".join(f"{c} ({n})" for c, n in commits.most_common())
+        + ".\n"
+        f"- Machine: {', '.join(f'{c} ({n} records)' for c, n in cpus.most_common())}; "
+        f"TensorFlow {', '.join(tfs)}.\n"
+        f"- Suite wall time, measured end to end: **{duration(wall)}** over {len(sessions)} "
+        f"session(s), {'/'.join(map(str, jobs_at_once)) or '1'} job(s) at once; the cost model "
+        f"of `--plan` predicted {duration(planned)} for one job at a time.",
     )
 
 
-def claims_section(claims) -> str:
-    rows = [[c.number, c.text, c.source, c.evidence, f"**{c.verdict}**", c.where] for c in claims]
-    return _section(
-        "## Findings: the papers' claims, tested",
-        VERDICT_RULE,
-        _table("#|claim|source|evidence|verdict|where", rows),
-    )
-
-
-def _ranking(comparison) -> list:
-    return sorted((x for x in comparison.rows if x.test_acc), key=lambda x: -x.test_acc.mean)
-
-
-def summary(r, claims) -> str:
-    """The two questions, answered in a few sentences, each pointing to its evidence."""
-    verdict = {c.number: c.verdict for c in claims}
-    ranked, lines = _ranking(r.cnn), []
-    if ranked:
-        best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
-        lead = stats.difference_ci(best.test_accs, second.test_accs) if second else None
-        ahead = f", ahead of {second.norm} norm by {lead.format(100, 2, ' points')}" if lead else ""
-        order = ", ".join(f"{x.norm} {100 * x.test_acc.mean:.2f}%" for x in ranked)
-        lines.append(
-            f"- **Which normalization works best here:** {best.norm} norm, "
-            f"{_acc(best.test_acc)} after the short budget{ahead} (table cnn). Ranking: {order}."
+def answer(ctx: tables.Context, results: dict, cnn_rows: list[tables.Row]) -> str:
+    rank = tables.ranking(cnn_rows)
+    if rank is None:
+        best = "not tested (no records)"
+    elif not rank.tied:
+        best = f"**{rank.leader} norm**: its paired lead over every other norm lies above 0"
+    else:
+        best = (
+            f"**{rank.leader} norm** leads, **tied with** {', '.join(rank.tied)} (the paired "
+            "interval of its lead over each contains 0)"
         )
-    if r.converged and r.converged.rows:
-        conv = _ranking(r.converged)
-        same = "the same" if [x.norm for x in conv] == [x.norm for x in ranked] else "a different"
-        order = ", ".join(f"{x.norm} {100 * x.test_acc.mean:.2f}%" for x in conv)
-        lines.append(f"- **Trained to convergence** the order is {order} ({same} ranking).")
-    longest = [x for x in (r.long.rows if r.long else []) if x.test_acc]
-    if longest:
-        lines.append(
-            f"- **The best batch-norm CNN** ({design.epochs(r.preset.long_epochs)} with "
-            f"augmentation) reaches {_acc(longest[0].test_acc)}; the published 2 conv + "
-            f"pooling + BN network {100 * PUBLISHED_BN_CNN:.1f}% (table long)."
-        )
-    lines.append(
-        f"- **Why:** batch norm's faster training is {verdict[2]} (claim 2) and its tolerance of "
-        f"higher learning rates {verdict[1]} (claim 1). {_inside_sentence(r)}"
-    )
-    lines.append(
-        f"- **When layer norm beats batch norm:** at small batches: {verdict[4]} (claim 4); in "
-        f"the recurrent network: {verdict[5]} (claim 5); its independence of the batch size: "
-        f"{verdict[3]} (claim 3). In ConvNets at the usual batch size batch norm is ahead: "
-        f"{verdict[6]} (claim 6)."
-    )
-    return _section("## Answer", "\n".join(lines))
 
+    def v(cid: str) -> str:
+        r = results[cid]
+        return f"{r.verdict} (claim {claims.CLAIMS.index(r.claim) + 1})"
 
-def _inside_sentence(r) -> str:
-    """The last hidden layer's activation std entering ReLU, first -> last summary (inside)."""
-    last = max((x.layer for x in r.inside), default=None)
-    parts = [
-        f"{x.norm} {x.post_std[0]:.2g} -> {x.post_std[1]:.2g}" for x in r.inside if x.layer == last
-    ]
-    if not parts:
-        return ""
-    return (
-        f"Std of the {last} activations entering ReLU over training (first -> last "
-        f"summary): {', '.join(parts)} (table inside)."
-    )
-
-
-def comparison_section(ctx, r, comparison, title: str, figure: str, anchor: str = "") -> str:
-    if comparison is None:
-        return ""
-    level = f"{100 * comparison.threshold:.1f}%" if comparison.threshold else "n/a"
     rows = [
         [
-            x.norm,
-            f"{x.runs - x.diverged}/{x.runs}",
-            _acc(x.test_acc),
-            x.test_loss.format(1, 4) if x.test_loss else "n/a",
-            _acc(x.best_val_acc),
-            x.steps_to_threshold.format(1, 0) + f" ({x.reached}/{x.runs - x.diverged})"
-            if x.steps_to_threshold
-            else "not reached",
-            x.ms_per_step.format(1, 1, " ms") if x.ms_per_step else "n/a",
-            x.plateau.format(100, 2, " pts") if x.plateau else "n/a",
-        ]
-        for x in comparison.rows
+            "Which normalization works best here (CNN, Fashion-MNIST)?",
+            best,
+            f"table cnn; {v('bn_acc')}, {v('bn_over_ln_cnn')}",
+        ],
+        [
+            "Why does batch norm help?",
+            f"fewer steps: {v('bn_speed')}; higher learning rates: "
+            f"{v('bn_lr')}; each layer's activation std before and after its norm: table inside",
+            "tables cnn, lr, inside",
+        ],
+        [
+            "When does layer norm beat batch norm?",
+            f"at the smallest batch: {v('ln_over_bn_small')}; "
+            f"in the LSTM: {v('ln_over_bn_lstm')}; in ConvNets at batch "
+            f"{ctx.preset.reference_batch} "
+            f"batch norm beats it: {v('bn_over_ln_cnn')}",
+            "tables batch, lstm",
+        ],
+        [
+            "Why?",
+            f"layer norm's statistics are per example, so they do not depend on the batch: "
+            f"flat across batch sizes: {v('ln_flat')}, group norm {v('gn_flat')}; how far batch "
+            "norm's moving statistics are from the statistics of a batch of its training size: "
+            "table batch, column 'inference minus training mode'",
+            "table batch",
+        ],
     ]
     return _section(
-        f"## {title}",
-        f"Budget: {design.budget(r.preset, comparison.section)}.{anchor}",
-        f"Steps to threshold: the first validation at or above {level}, the highest multiple "
-        "of 0.5% every norm's mean validation curve reaches (a seed that never reaches it counts "
-        "at its last step). Time per step: the median over the run's logging windows. "
-        "End-of-training range: the validation accuracy's max minus min over the last fifth of "
-        "the validations (small: the curve is flat).",
-        _table(
-            f"norm|seeds done|test accuracy|test loss|best validation accuracy|steps to {level}|"
-            "time per step|end-of-training range",
+        "## The answer",
+        "Verdicts with the claim's number in the table below; each rests on the cells named.",
+        markdown_table(["question", "answer", "rests on"], rows),
+    )
+
+
+def claims_section(results: list[claims.Result]) -> str:
+    rows = []
+    for i, r in enumerate(results, 1):
+        p = "n/a" if r.p != r.p else f"{r.p:.2g}"
+        rows.append([i, r.claim.text, r.claim.source, r.evidence(), p, f"**{r.verdict}**"])
+    return _section(
+        "## Claims, tested",
+        HOLM,
+        markdown_table(
+            [
+                "#",
+                "claim (A vs B)",
+                "source",
+                "A vs B: difference, + favours A [95% interval]",
+                "p",
+                "verdict",
+            ],
             rows,
         ),
-        _figure(ctx, figure, f"{title}: validation accuracy and loss, mean and 95% interval"),
     )
 
 
-def impl_section(ctx, r) -> str:
-    parity_rows = [
-        [
-            res["norm"],
-            x["layer"],
-            x["builtin"],
-            "x".join(map(str, x["shape"])),
-            f"{x['forward_rel']:.1e}",
-            ", ".join(f"d{k} {v:.1e}" for k, v in x["grad_rel"].items()),
-            f"{x['custom_err64']:.1e} / {x['builtin_err64']:.1e}",
-        ]
-        for res in r.parity_layers.values()
-        for x in res["layers"]
-    ]
-    side = [
-        [arch, norm, _acc(c), _acc(b), f"{100 * (b.mean - c.mean):+.2f}" if c and b else "n/a"]
-        for (arch, norm), (c, b) in r.impl.items()
-    ]
-    return _section(
-        "## Custom vs TensorFlow's built-ins",
-        f"Budget: {design.budget(r.preset, 'impl')}.",
-        "**The same weights, the same batch.** For each norm, section cnn's custom run (seed "
-        f"{r.preset.seeds[0]}) at its last checkpoint and its first training batch: each norm "
-        "layer's real input, the built-in `--norm_impl=builtin` uses; forward max |custom - "
-        "built-in| / max |built-in|, gradients of sum(y * dy) (`core.parity.compare`), and each "
-        "side's max abs error against the NumPy float64 reference (`core/reference.py`).",
-        _table(
-            "norm|layer|built-in|input|fwd rel|grad rel|error vs float64 (custom / built-in)",
-            parity_rows,
-            "No parity results.",
-        ),
-        "**Trained side by side** (same seed, test accuracy):",
-        _table(
-            "network|norm|custom|built-in|built-in minus custom (points)", side, "No built-in runs."
-        ),
-        _figure(ctx, "twins", "Twins trained in lock step: distance to the custom model"),
-    )
-
-
-def sweep_section(ctx, r, cells, section: str, title: str, setting: str, figure: str) -> str:
+def sweep_section(title, budget, cells: dict, setting: str, figure: str | None) -> str:
     if not cells:
         return ""
-    norms = list(dict.fromkeys(c.norm for c in cells))
-    has_bn = any(c.batch_stats_acc for c in cells)
-    rows = []
-    for v in sorted({c.setting for c in cells}):
-        row, by_norm = [f"{v:g}"], {c.norm: c for c in cells if c.setting == v}
-        for n in norms:
-            c = by_norm.get(n)
-            row.append(
-                (_acc(c.test_acc) if c and c.test_acc else "-")
-                + (f" ({c.diverged}/{c.runs} diverged)" if c and c.diverged else "")
+    values = sorted({v for cs in cells.values() for v, _ in cs})
+    body = []
+    for value in values:
+        line = [f"{value:g}"]
+        for norm, cs in cells.items():
+            r = dict(cs).get(value)
+            text = _acc(r.acc) if r else "-"
+            line.append(
+                text + (f" ({r.diverged} of {r.runs} diverged)" if r and r.diverged else "")
             )
-        bn = by_norm.get("batch")
-        if has_bn:
-            row += [
-                _acc(bn.batch_stats_acc) if bn else "-",
+        bn = dict(cells.get("batch", [])).get(value)
+        if any(r.bn_eval for cs in cells.values() for _, r in cs):
+            line += [
+                _acc(bn.bn_eval) if bn else "-",
                 bn.gap.format(100, 2, " pts") if bn and bn.gap else "-",
             ]
-        rows.append(row)
-    header = "|".join([setting] + [f"{n}: test accuracy" for n in norms])
-    if has_bn:
-        header += "|batch: with batch statistics|batch: inference minus training mode"
+        body.append(line)
+    head = [setting] + [f"{n}: test accuracy" for n in cells]
+    if len(body[0]) > len(head):
+        head += ["batch: with batch statistics", "batch: inference minus training mode"]
     return _section(
         f"## {title}",
-        f"Budget: {design.budget(r.preset, section)}. A run whose loss or gradient became "
-        "non-finite stopped and counts as diverged. Batch norm's training-mode accuracy: the "
-        "test set shuffled once and cut into batches of the training batch size, each "
-        "normalized with its own statistics, on the same examples as inference.",
-        _table(header, rows),
-        _figure(ctx, figure, f"{title}: test accuracy, mean and 95% interval"),
+        f"Budget: {budget}.",
+        markdown_table(head, body),
+        _figure(figure, f"{title}: test accuracy, mean and 95% interval"),
     )
 
 
-def inside_section(ctx, r) -> str:
-    def pair(p) -> str:
-        return "-" if any(x != x for x in p) else f"{p[0]:.3g} -> {p[1]:.3g}"
+def impl_section(ctx: tables.Context, twin_fig) -> str:
+    parity = ctx.one("parity")
+    worst = {}
+    for row in parity["result"]["rows"] if parity else []:
+        key = (row["norm"], row["builtin_name"], row["dtype"])
+        err = max(row["forward_rel"], *row["grad_rel"].values())
+        worst[key] = max(worst.get(key, 0.0), err)
+    parity_rows = [[n, b, d, f"{e:.1e}"] for (n, b, d), e in sorted(worst.items())]
+    layers = [
+        [
+            r["config"]["norm"],
+            x["layer"],
+            x["builtin"],
+            f"{x['forward_rel']:.1e}",
+            f"{x['grad_rel']:.1e}",
+            f"{x['custom_err64']:.1e} / {x['builtin_err64']:.1e}",
+        ]
+        for r in ctx.runs
+        for x in r.get("analyses", {}).get("layer_parity", [])
+    ]
+    twin_rows = [
+        [
+            key,
+            len(t["step"]),
+            f"{t['distance']['builtin'][-1]:.1e}",
+            f"{t['distance']['perturbed'][-1]:.1e}",
+        ]
+        for key, t in twins_of(ctx).items()
+        if t["step"]
+    ]
+    return _section(
+        "## normlab vs TensorFlow's built-ins",
+        "**Same inputs** (`parity.py`'s table: random inputs, every norm, built-in, shape and "
+        "dtype): the largest relative difference of the output and of every gradient.",
+        markdown_table(["norm", "built-in", "dtype", "largest relative difference"], parity_rows)
+        if parity_rows
+        else "No parity record.",
+        "**Same trained weights, same real batch** (seed 0 of section cnn, every norm layer; "
+        "the last column is each side's largest absolute error against NumPy in float64):",
+        markdown_table(
+            [
+                "norm",
+                "layer",
+                "built-in",
+                "output rel",
+                "gradient rel",
+                "error vs float64 (normlab / built-in)",
+            ],
+            layers,
+        )
+        if layers
+        else "",
+        "**Trained in lock step** (twins: normlab's model, the built-in's from the same initial "
+        "weights, and normlab's with every initial weight moved by one float32 ulp, trained by "
+        "the trainer's step on the same batches). If the built-in drifts no further than the "
+        "one-ulp control, the two implementations differ by rounding and nothing else; training "
+        "amplifies any rounding difference at the same rate.",
+        markdown_table(
+            [
+                "network, norm",
+                "steps",
+                "built-in: distance at the end",
+                "one-ulp control: distance at the end",
+            ],
+            twin_rows,
+        )
+        if twin_rows
+        else "",
+        _figure(twin_fig, "Twins trained in lock step: relative distance to normlab's model"),
+    )
 
-    rows = [
-        [x.norm, x.layer, pair(x.pre_std), pair(x.post_std), pair(x.grad_norm)] for x in r.inside
+
+def twins_of(ctx: tables.Context) -> dict:
+    return {
+        f"{'LSTM' if r['config']['arch'] == 'lstm' else 'CNN'} {r['config']['norm']}": r[
+            "analyses"
+        ]["twins"]
+        for r in ctx.runs
+        if "twins" in r.get("analyses", {})
+    }
+
+
+def inside_rows(ctx: tables.Context) -> list[dict]:
+    out = []
+    for norm in design.CNN_NORMS:
+        r = next(
+            (
+                r
+                for r in ctx.select(sections="cnn", norm=norm, seed=0)
+                if r["status"] == records.COMPLETE
+            ),
+            None,
+        )
+        for layer, values in (r or {}).get("inside", {}).items():
+            if not layer.endswith("_norm"):
+                out.append({"norm": norm, "layer": layer, **values})
+    return out
+
+
+def inside_section(rows: list[dict], figure) -> str:
+    def pair(p):
+        return "-" if not p else f"{p[0]:.3g} -> {p[1]:.3g}"
+
+    body = [
+        [
+            r["norm"],
+            r["layer"],
+            pair(r.get("pre_std")),
+            pair(r.get("post_std")),
+            pair(r.get("grad_norm")),
+        ]
+        for r in rows
     ]
     return _section(
         "## Inside the network",
-        f"Section cnn's seed-{r.preset.seeds[0]} runs: each hidden layer's output std over the "
-        "whole tensor before its norm (pre) and after (post), and its gradient's L2 norm, at "
-        "the first and the last summary.",
-        _table("norm|layer|std before norm|std after norm|gradient norm", rows),
-        _figure(ctx, "inside", "Activation std and gradient norm per layer over training"),
+        "Seed 0 of section cnn: each hidden layer's output std (over the whole tensor) before its "
+        "norm and after it, and the L2 norm of its gradient, at the first and the last summary.",
+        markdown_table(["norm", "layer", "std before the norm", "std after", "gradient norm"], body)
+        if body
+        else "No records.",
+        _figure(figure, "Activation std and gradient norm per layer: first and last summary"),
     )
 
 
-def cost_section(ctx, r) -> str:
-    rows = []
-    for key, e in sorted(r.cost_ms.items()):
-        base = r.cost_ms.get(key.split("/")[0] + "/none/custom")
-        rows.append([key, e.format(1, 2, " ms"), f"{e.mean / base.mean:.2f}" if base else "n/a"])
+def cost_section(ctx: tables.Context, estimates: dict, figure) -> str:
+    base = estimates.get("none")
+    body = [
+        [k, e.format(1, 2, " ms"), f"{e.mean / base.mean:.2f}" if base else "n/a"]
+        for k, e in estimates.items()
+    ]
+    p = ctx.preset
     return _section(
         "## Cost",
-        f"The trainer's step (forward, backward, update) of each seed-{r.preset.seeds[0]} model "
-        f"on one real batch, {r.preset.cost_rounds} rounds x {r.preset.cost_steps} steps, the "
-        "models taking turns in a fresh random order each round so the shared machine's load "
-        "falls on all alike; mean over rounds with its 95% interval.",
-        _table("network/norm/impl|ms per step|vs no norm", rows, "Not measured."),
-        _figure(ctx, "cost", "Cost per training step"),
+        f"The trainer's step (forward, backward, update) of each norm's CNN on one real batch of "
+        f"{p.reference_batch}, {p.cost_rounds} rounds of {p.cost_steps} steps, the models taking "
+        "turns in a fresh random order each round (bench.model's timer); mean over rounds with "
+        "its 95% interval.",
+        markdown_table(["norm", "ms per step", "vs none"], body) if body else "Not measured.",
+        _figure(figure, "Cost per training step"),
     )
 
 
-def appendix(ctx) -> str:
-    rows = [
-        [
-            f"`{o.spec.name}`",
-            ", ".join(o.spec.sections),
-            f"diverged @ {o.diverged_at_step}"
-            if o.status == DIVERGED
-            else f"{100 * o.metrics.get('test_accuracy', float('nan')):.2f}%",
-            duration(o.wall_seconds),
-        ]
-        for o in ctx["outcomes"]
-    ]
+def appendix(ctx: tables.Context) -> str:
+    body = []
+    for r in sorted(ctx.records, key=lambda r: r["name"]):
+        if r["kind"] != "run":
+            outcome = "measured"
+        elif r["status"] == records.DIVERGED:
+            outcome = f"diverged at step {r['diverged_at_step']}"
+        else:
+            outcome = f"{100 * r['final']['test_accuracy']:.2f}%"
+        body.append(
+            [
+                f"`{r['name']}`",
+                ", ".join(r["sections"]),
+                outcome,
+                duration(r.get("wall_seconds")),
+                r["commit"],
+            ]
+        )
     return _section(
-        "## Appendix: the runs",
-        f"Each is a trainer run directory under `{ctx['root']}/`; "
-        f"`.venv/bin/tensorboard --logdir {ctx['root']}` shows them all.",
-        _table("run|sections|test accuracy|wall time", rows),
+        "## Appendix: the records",
+        markdown_table(["job", "sections", "test accuracy", "wall time", "commit"], body),
     )
 
 
-def _published_anchor(r) -> str:
-    """Where the batch-norm CNN lands against the published 2 conv + pooling + BN network."""
-    epochs = {"converged": r.preset.converged_epochs, "long": r.preset.long_epochs}
-    parts = [
-        f"{epochs[c.section]:g} epochs {_acc(row.test_acc)}"
-        for c in (r.converged, r.long)
-        if c
-        for row in c.rows
-        if row.norm == "batch" and row.test_acc
+def _shown(results_dir: str, preset: str) -> str:
+    """The records' folder as the report names it: relative to the repository when inside it
+    (so the committed report does not depend on where the checkout is)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rel = os.path.relpath(os.path.abspath(os.path.join(results_dir, preset)), repo)
+    return rel if not rel.startswith("..") else os.path.join(results_dir, preset)
+
+
+def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
+    """REPORT.md and figures/ in out_dir from the preset's records; returns REPORT.md's path."""
+    all_records = records.load_all(results_dir, preset.name)
+    examples = next((r["train_examples"] for r in all_records.values() if "train_examples" in r), 0)
+    jobs = design.plan(preset, "", examples or design.TRAIN_EXAMPLES)
+    names = {j.name for j in jobs}
+    ctx = tables.Context(preset, {k: r for k, r in all_records.items() if k in names})
+    results = claims.evaluate(ctx.records, ctx)
+    by_id = {r.claim.id: r for r in results}
+    fig_dir = os.path.join(out_dir, FIGURES_DIR)
+    shutil.rmtree(fig_dir, ignore_errors=True)  # figures of older designs go
+    p = preset
+    cnn = tables.comparison(ctx, "cnn", design.CNN_NORMS)
+    lstm = tables.comparison(ctx, "lstm", design.LSTM_NORMS)
+    batch, lr = tables.sweep(ctx, "batch", "batch_size"), tables.sweep(ctx, "lr", "learning_rate")
+    wn = [
+        tables.row(ctx, f"weight, init {i}", ctx.select(sections="wn_init", wn_init=i))
+        for i in ("norm", "data")
+        if ctx.select(sections="wn_init", wn_init=i)
     ]
-    if not parts:
-        return ""
-    return (
-        f" Published: 2 conv + pooling + BN reaches {100 * PUBLISHED_BN_CNN:.1f}% "
-        f"(shared/REFERENCE.md); this CNN with batch norm and augmentation: {', '.join(parts)}."
-    )
-
-
-def write(ctx: dict, r, claims) -> str:
-    """Writes REPORT.md into ctx["out_dir"]; returns its path."""
-    anchor = _published_anchor(r)
-    text = _section(
-        header(ctx, r),
-        claims_section(claims),
-        summary(r, claims),
-        comparison_section(ctx, r, r.cnn, "CNN: with and without normalization", "cnn"),
-        comparison_section(ctx, r, r.converged, "CNN trained to convergence", "converged"),
-        comparison_section(ctx, r, r.long, "Batch-norm CNN trained longer", "long", anchor),
-        impl_section(ctx, r),
-        sweep_section(ctx, r, r.batch, "batch", "CNN: batch size", "batch size", "batch"),
-        sweep_section(ctx, r, r.lr, "lr", "CNN: learning rate", "peak learning rate", "lr"),
-        comparison_section(ctx, r, r.lstm, "LSTM: recurrent normalization", "lstm"),
-        sweep_section(
-            ctx, r, r.lstm_batch, "lstm_batch", "LSTM: batch size", "batch size", "batch"
+    gain = [
+        tables.row(ctx, f"batch, gain {g:g}", ctx.select(sections="lstm_gain", recurrent_gain=g))
+        for g in (0.1, 1.0)
+        if ctx.select(sections="lstm_gain", recurrent_gain=g)
+    ]
+    cost_record = ctx.one("cost")
+    cost = {
+        k: stats.mean_ci(v, tables.TIME_BOUNDS)
+        for k, v in (cost_record["result"]["ms_per_step"].items() if cost_record else [])
+    }
+    inside = inside_rows(ctx)
+    f = {
+        "cnn": figures.curves(cnn, fig_dir, "cnn.png", "CNN", p.cnn_threshold),
+        "lstm": figures.curves(lstm, fig_dir, "lstm.png", "LSTM", p.lstm_threshold),
+        "batch": figures.sweep([("CNN: batch size", batch, "batch size")], fig_dir, "batch.png"),
+        "lr": figures.sweep(
+            [("CNN: peak learning rate", lr, "peak learning rate")], fig_dir, "lr.png"
         ),
-        inside_section(ctx, r),
-        cost_section(ctx, r),
+        "twins": figures.twins(twins_of(ctx), fig_dir),
+        "inside": figures.inside(inside, fig_dir),
+        "cost": figures.cost(cost, fig_dir),
+    }
+    missing = len(names - set(all_records))
+    text = _section(
+        header(
+            ctx, records.sessions(results_dir, p.name), jobs, missing, _shown(results_dir, p.name)
+        ),
+        answer(ctx, by_id, cnn),
+        claims_section(results),
+        _section(
+            "## CNN: with and without normalization",
+            f"Budget: {design.budget(p, 'cnn')}.",
+            _rows_table(cnn, p.cnn_threshold),
+            _figure(f["cnn"], "CNN: validation accuracy, mean and 95% band"),
+        ),
+        _section(
+            "## Weight norm's initialisation",
+            f"Budget: {design.budget(p, 'wn_init')}.",
+            _rows_table(wn, p.cnn_threshold),
+        )
+        if wn
+        else "",
+        sweep_section(
+            "CNN: learning rate", design.budget(p, "lr"), lr, "peak learning rate", f["lr"]
+        ),
+        sweep_section(
+            "CNN: batch size", design.budget(p, "batch"), batch, "batch size", f["batch"]
+        ),
+        _section(
+            "## LSTM: recurrent normalization",
+            f"Budget: {design.budget(p, 'lstm')}.",
+            _rows_table(lstm, p.lstm_threshold),
+            _figure(f["lstm"], "LSTM: validation accuracy, mean and 95% band"),
+        ),
+        _section(
+            "## Recurrent batch norm's initial gain",
+            f"Budget: {design.budget(p, 'lstm_gain')}.",
+            _rows_table(gain, p.lstm_threshold),
+        )
+        if gain
+        else "",
+        impl_section(ctx, f["twins"]),
+        inside_section(inside, f["inside"]),
+        cost_section(ctx, cost, f["cost"]),
         appendix(ctx),
     )
-    os.makedirs(ctx["out_dir"], exist_ok=True)
-    path = os.path.join(ctx["out_dir"], REPORT_FILE)
-    write_atomically(path, text.rstrip() + "\n")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, REPORT_FILE)
+    records.write_text(path, text.rstrip() + "\n")
     return path
