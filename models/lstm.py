@@ -54,7 +54,7 @@ class LSTM(tf.Module):
     `--norm_impl=builtin` runs TensorFlow's built-ins inside the same cell, with the same
     initial weights.
 
-    Initial weights, as Keras' LSTM and Dense (the baseline of REFERENCE.md): W_x and the
+    Initial weights, as Keras' LSTM and Dense (keras.layers.LSTM's defaults): W_x and the
     logits' kernel Glorot uniform, W_h orthogonal (Saxe et al. 2014), b 0 except the forget
     gate's 1.0 (FORGET_BIAS), all drawn statelessly from (config.seed, layer index), so the
     custom and built-in models start bitwise identical.

@@ -28,29 +28,13 @@ from normlab.report import claims
 from normlab.trainer.config import Config
 
 SECTIONS = ("cnn", "wn_init", "lr", "batch", "lstm", "lstm_gain", "parity", "cost")
+# fmt: off
 # Settings that say where or how a run is kept, not what it computes: not in the hash.
-_NOT_HASHED = (
-    "data_dir",
-    "strategy",
-    "virtual_cpus",
-    "collective_timeout",
-    "startup_timeout",
-    "max_to_keep",
-    "checkpoint_every",
-    "log_every",
-    "check_numerics",
-)
-_COMMON = dict(
-    dataset="fashion_mnist",
-    optimizer="sgd",
-    momentum=0.9,
-    lr_schedule="cosine",
-    warmup_steps=0,
-    norm_eps=1e-3,
-    groups=8,
-    max_to_keep=1,
-    deterministic=True,
-)
+_NOT_HASHED = ("data_dir", "strategy", "virtual_cpus", "collective_timeout", "startup_timeout",
+               "max_to_keep", "checkpoint_every", "log_every", "check_numerics", "steps_per_loop")
+_COMMON = dict(dataset="fashion_mnist", optimizer="sgd", momentum=0.9, lr_schedule="cosine",
+               warmup_steps=0, norm_eps=1e-3, groups=8, max_to_keep=1, deterministic=True)
+# fmt: on
 TRAIN_EXAMPLES = 55000  # Fashion-MNIST's training split less the 5,000 held out
 CNN_NORMS = ("none", "batch", "layer", "group", "rms", "weight")
 LSTM_NORMS = ("none", "batch", "layer")
@@ -95,64 +79,40 @@ class Preset:
     cost_steps: int = 20
     # The cost model's coefficients, seconds: fixed per run, by "arch/norm" or arch; per step
     # a + b * batch (ms), by "arch/norm" or arch; per evaluated example (ms), by arch.
+    # fmt: off
     fixed_seconds: tuple = (("default", 6.0), ("lstm", 28.0), ("lstm/none", 6.0))
-    step_ms: tuple = (
-        ("default", 5.5, 0.30),
-        ("default/none", 5.0, 0.186),
-        ("default/batch", 6.9, 0.30),
-        ("default/layer", 6.0, 0.28),
-        ("default/group", 5.3, 0.355),
-        ("default/rms", 5.5, 0.323),
-        ("default/weight", 5.5, 0.224),
-        ("lstm", 4.0, 0.50),
-        ("lstm/none", 2.0, 0.23),
-    )
+    step_ms: tuple = (("default", 5.5, 0.30), ("default/none", 5.0, 0.186),
+                      ("default/batch", 6.9, 0.30), ("default/layer", 6.0, 0.28),
+                      ("default/group", 5.3, 0.355), ("default/rms", 5.5, 0.323),
+                      ("default/weight", 5.5, 0.224), ("lstm", 4.0, 0.50), ("lstm/none", 2.0, 0.23))
     example_ms: tuple = (("default", 0.05), ("lstm", 0.15))
+    # fmt: on
 
 
 FULL = Preset("full", "the report's numbers: 3 seeds per cell, 5 for batch vs layer norm")
+# fmt: off
 PRESETS = {
     "full": FULL,
     "quick": dataclasses.replace(
-        FULL,
-        name="quick",
+        FULL, name="quick",
         description="a first look on the real data: the full design at a tenth of its budget",
         bn_momentum=0.9,  # short runs: the moving averages must forget their initial values
-        cnn_epochs=0.2,
-        batch_epochs=0.05,
-        lstm_epochs=0.2,
-        headline_seeds=3,
-        twin_steps=20,
-        cost_rounds=3,
-        cost_steps=5,
-        eval_examples=1280,
-    ),
+        cnn_epochs=0.2, batch_epochs=0.05, lstm_epochs=0.2, headline_seeds=3, twin_steps=20,
+        cost_rounds=3, cost_steps=5, eval_examples=1280),
     "tiny": dataclasses.replace(
-        FULL,
-        name="tiny",
+        FULL, name="tiny",
         description="every section in minutes on a small fixture it writes itself; the "
         "numbers mean nothing",
-        base=dict(_COMMON, validation_size=64, eval_batch_size=64, dataset="fashion_mnist"),
-        cnn_model=dict(widths=(8,), dense_units=16),
-        lstm_model=dict(lstm_units=8),
-        seeds=2,
-        headline_seeds=2,
-        reference_batch=16,
-        bn_momentum=0.9,
-        cnn_epochs=0.5,
+        base=dict(_COMMON, validation_size=64, eval_batch_size=64),
+        cnn_model=dict(widths=(8,), dense_units=16), lstm_model=dict(lstm_units=8),
+        seeds=2, headline_seeds=2, reference_batch=16, bn_momentum=0.9, cnn_epochs=0.5,
         high_rates=(1e6,),  # diverges: the tests see a diverged run
-        batch_sizes=(2, 16),
-        batch_epochs=0.25,
-        lstm_epochs=0.25,
-        eval_examples=32,
-        checkpoint_examples=32,
-        twin_steps=3,
-        cost_rounds=2,
-        cost_steps=2,
+        batch_sizes=(2, 16), batch_epochs=0.25, lstm_epochs=0.25, eval_examples=32,
+        checkpoint_examples=32, twin_steps=3, cost_rounds=2, cost_steps=2,
         fixed_seconds=(("default", 3.0), ("lstm", 12.0)),
-        example_ms=(("default", 0.5), ("lstm", 2.0)),
-    ),
+        example_ms=(("default", 0.5), ("lstm", 2.0))),
 }
+# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)

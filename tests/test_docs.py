@@ -34,6 +34,15 @@ def test_every_train_flag_is_documented():
         assert f"`--{field.name}`" in README, field.name
 
 
+def test_the_tensorboard_tags_table_is_the_one_the_code_writes():
+    from normlab.trainer import summaries
+
+    assert summaries.tags_markdown() in README
+    constants = [v for k, v in vars(summaries).items() if k.isupper() and isinstance(v, str)]
+    for tag in (c for c in constants if "/" in c):
+        assert f"`{tag}`" in summaries.tags_markdown(), tag
+
+
 def test_the_library_example_runs_from_any_directory(tmp_path):
     """The README's first Python example, run from an empty temporary directory: normlab is
     importable wherever the user is (the set-up installs it), not only from the checkout."""

@@ -281,3 +281,29 @@ def test_tensorboard_records(tmp_path, idx_dir):
         "seed",
     ):
         assert name in recorded, name
+
+
+def test_hparams_one_trial_per_run_directory_with_the_settings_that_made_it(tmp_path, idx_dir):
+    """Each run directory is its own HParams trial (TensorBoard names an unnamed trial by the
+    run's path, so cmp/group and lstm/group, or a copy of a run, never merge), and a restart
+    with other settings leaves one record: the settings that produced the metrics."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    def session(model_dir):
+        files = [f for f in os.listdir(model_dir) if f.startswith("events.out.tfevents.")]
+        assert len(files) == 1, files
+        acc = event_accumulator.EventAccumulator(str(model_dir), size_guidance={"tensors": 0})
+        acc.Reload()
+        meta = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        return plugin_data_pb2.HParamsPluginData.FromString(meta).session_start_info
+
+    model_dir = tmp_path / "lstm" / "group"
+    args = (f"--model_dir={model_dir}", f"--data_dir={idx_dir}", "--train_steps=3", *FAST)
+    r = run("train.py", *args, "--learning_rate=1e30", "--norm=none")
+    assert r.returncode == 1 and "non-finite" in r.stderr
+    r = run("train.py", *args, "--learning_rate=0.01", "--norm=none")
+    assert r.returncode == 0, r.stderr
+    info = session(model_dir)
+    assert info.group_name == ""  # TensorBoard groups it by the run's own path
+    assert info.hparams["learning_rate"].number_value == 0.01

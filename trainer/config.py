@@ -58,6 +58,15 @@ class Config(ModelConfig):
     epochs: float = setting(
         3.0, "Training length in epochs when --train_steps is 0.", above=0.0, resumable=True
     )
+    steps_per_loop: int = setting(
+        16,
+        "Training steps per compiled call (Keras' steps_per_execution): the host reads the "
+        "loss once per loop, not once per step. Summaries, logs, validation and checkpoints "
+        "still happen at exactly their steps (a loop ends there); the weights are the same "
+        "for every value.",
+        minimum=1,
+        resumable=True,
+    )
     # Bookkeeping.
     eval_every: int = setting(
         500, "Validate every N steps (and at the end).", minimum=1, resumable=True

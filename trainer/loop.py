@@ -1,8 +1,10 @@
-"""The training loop: one compiled step per batch, and the periodic actions between steps.
+"""The training loop: compiled loops of steps, and the periodic actions between them.
 
-Each step, in order: take the batch, run the step (collecting summaries or histograms when
-due), stop on a non-finite loss, write the step's summaries, log, validate, checkpoint, and
-stop after saving if SIGINT/SIGTERM arrived. Histograms are due at the first and the last
+The steps between two host events (a summary, a log line, a validation, a checkpoint, the end)
+run as compiled loops of up to --steps_per_loop steps with no host round trip between steps;
+the host reads the loop's loss, accuracy and finiteness once. At an event, in order: run the
+step that collects summaries or histograms (when due), stop on a non-finite loss, write the
+summaries, log, validate, checkpoint, and stop after saving if SIGINT/SIGTERM arrived. Histograms are due at the first and the last
 step of a run and every `histogram_every` steps, so even a short run has some.
 
 Training time counts only the steps: validation and saving are excluded, and the total over
@@ -40,13 +42,14 @@ class Hooks:
     Attributes:
         validate: validates at a step (and writes its summaries); returns the results.
         save: saves a checkpoint at a step; returns its path.
-        diagnose: called on a non-finite step; raises NonFiniteError naming the layer.
+        diagnose: called with the number of a non-finite step (which applied nothing); raises
+            NonFiniteError naming the first non-finite layer.
         log: progress lines.
     """
 
     validate: Callable[[int], dict]
     save: Callable[[int], str]
-    diagnose: Callable[[int, tf.Tensor, dict], None]
+    diagnose: Callable[[int], None]
     log: Callable[[str], None]
 
 
@@ -95,19 +98,50 @@ def train_loop(
         ) from None
 
 
+def _next_event(done: int, total: int, config: Config) -> int:
+    """The first step after `done` at which the host has something to do: collect summaries,
+    log, validate, checkpoint, or end. A compiled loop of steps runs up to it, never past."""
+    events = [total, done + config.steps_per_loop]
+    for every in (
+        config.summary_every,
+        config.histogram_every,
+        config.log_every,
+        config.eval_every,
+        config.checkpoint_every,
+    ):
+        events.append((done // every + 1) * every)
+    if done == 0:
+        events.append(1)  # the first step collects histograms
+    return min(events)
+
+
 def _steps(train_step, batches, start, total, config, writer, train_seconds, hooks, stop, state):
-    """The loop itself (train_loop's body); state["done"] is the last step completed."""
+    """The loop itself (train_loop's body); state["done"] is the last step completed.
+
+    Between two host events (next_event) the steps run in compiled loops of up to
+    --steps_per_loop steps (TrainStep.loop); the step that ends at an event collecting
+    summaries runs alone with them. Ctrl-C is seen between loops."""
     window, last = _Window(), {}
     trained = float(train_seconds.numpy())
-    for step in range(start, total):
-        done = step + 1
-        collect = collect_level(done, total, config)
-        images, labels = next(batches)
-        metrics = train_step(images, labels, collect)
-        if not steps_lib.is_finite(metrics):
-            hooks.diagnose(done, images, metrics)
-        trained += window.add(metrics)
+    done = start
+    while done < total:
+        end = _next_event(done, total, config)
+        collect = collect_level(end, total, config)
+        plain = end - done - (collect != steps_lib.NOTHING)  # steps that collect nothing
+        if plain > 0:
+            result = train_step.loop(batches, plain)
+            ran = int(result[steps_lib.LOOP_STEPS])
+            trained += window.add_loop(ran, result)
+            if not bool(result[steps_lib.LOOP_FINITE]):
+                hooks.diagnose(done + ran)
+            done += ran
         if collect != steps_lib.NOTHING:
+            images, labels = next(batches)
+            metrics = train_step(images, labels, collect)
+            if not steps_lib.is_finite(metrics):
+                hooks.diagnose(done + 1)
+            trained += window.add(metrics)
+            done += 1
             writer.write(done, metrics)
         if done % config.log_every == 0 or done == total:
             last = window.close(config.batch_size)
@@ -157,11 +191,19 @@ class _Window:
 
     def add(self, metrics: dict) -> float:
         """Adds a step (its metrics are read, so it has finished); returns its seconds."""
-        self.loss += float(metrics[tags.LOSS])
-        self.accuracy += float(metrics[tags.ACCURACY])
+        return self._add(1, float(metrics[tags.LOSS]), float(metrics[tags.ACCURACY]))
+
+    def add_loop(self, steps: int, result: dict) -> float:
+        """Adds a compiled loop's steps (TrainStep.loop's sums); returns their seconds."""
+        loss = float(result[steps_lib.LOOP_LOSS])
+        return self._add(steps, loss, float(result[steps_lib.LOOP_ACCURACY]))
+
+    def _add(self, steps: int, loss: float, accuracy: float) -> float:
+        self.loss += loss
+        self.accuracy += accuracy
         now = time.perf_counter()
         seconds, self._mark = now - self._mark, now
-        self.steps += 1
+        self.steps += steps
         self.seconds += seconds
         return seconds
 

@@ -174,6 +174,17 @@ class RunDirectory:
         for name in checkpoints.remove_unlisted_and_excess(self.checkpoint_dir, max_to_keep):
             self.log(f"removed {name}: not (or no longer) listed as a kept checkpoint")
 
+    def remove_hparams_record(self) -> None:
+        """Deletes the HParams event files of earlier attempts (model_dir's own events.*, which
+        hold nothing else), so the dashboard shows the settings that produced the metrics."""
+        if not self.writes:
+            return
+        for name in os.listdir(self.path):
+            if name.startswith("events.out.tfevents.") and os.path.isfile(
+                os.path.join(self.path, name)
+            ):
+                os.remove(os.path.join(self.path, name))
+
     def truncate_summaries(self, step: int) -> None:
         """Drops summaries written after `step` by an interrupted run, so TensorBoard shows
         each step once when training resumes from `step`."""

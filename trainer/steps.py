@@ -3,8 +3,9 @@
 `TrainStep(images, labels, collect)` runs forward, loss, backward and the optimizer update
 (on every replica under tf.distribute) and returns {tag: value} with the tags of
 trainer/summaries.py, ready for `MetricWriter.write`: the training batch's loss and accuracy,
-the learning rate and the gradient norms always; with `collect` >= SCALARS also each hidden
-layer's activation mean/std before and after its norm and each variable's norm; with
+the learning rate and the global gradient norm always; with `collect` >= SCALARS also each
+layer's gradient norm, each hidden layer's activation mean/std before and after its norm and
+each variable's norm; with
 HISTOGRAMS also the weights, gradients and activations as tensors (histograms).
 
 A step whose loss or gradient is not finite applies nothing: the caller sees it in the dict
@@ -24,8 +25,10 @@ import tensorflow as tf
 
 from normlab.trainer import summaries as tags
 
-# What a step collects besides loss, accuracy, learning rate and gradient norms.
+# What a step collects besides loss, accuracy, learning rate and the global gradient norm.
 NOTHING, SCALARS, HISTOGRAMS = 0, 1, 2
+# TrainStep.loop's results (not summary tags: the loop turns them into the log window).
+LOOP_STEPS, LOOP_LOSS, LOOP_ACCURACY, LOOP_FINITE = "steps", "loss_sum", "accuracy_sum", "finite"
 
 
 def layer_variables(model: tf.Module) -> list[tuple[str, str, tf.Variable]]:
@@ -87,11 +90,48 @@ class TrainStep:
         self.named = layer_variables(model)
         self.variables = [v for _, _, v in self.named]
         # autograph=False: the step's control flow is Python on static values (traced once per
-        # `collect` level) or explicit tf.cond; nothing for autograph to convert.
+        # `collect` level) or explicit tf.cond / tf.while_loop; nothing for autograph to convert.
         self._compiled = tf.function(self._step, autograph=False)
+        self._compiled_loop = tf.function(self._loop, autograph=False)
 
     def __call__(self, images, labels, collect: int = NOTHING) -> dict[str, tf.Tensor]:
         return self._compiled(images, labels, collect)
+
+    def loop(self, iterator, n: int) -> dict[str, tf.Tensor]:
+        """Up to n steps on the next n batches of `iterator` in one compiled call, collecting
+        nothing, with no host round trip between steps. Stops after the first step whose
+        loss or gradient is not finite (that step applies nothing, like a single step).
+
+        Returns {LOOP_STEPS: steps run (the last of them the non-finite one, if any),
+        LOOP_FINITE: whether every step was finite, LOOP_LOSS / LOOP_ACCURACY: sums over the
+        steps run}. Each step is the graph of `__call__(images, labels)`, so n steps here and
+        n single steps give the same weights (bitwise under op determinism).
+        """
+        return self._compiled_loop(iterator, tf.constant(n, tf.int32))
+
+    def _loop(self, iterator, n):
+        def body(i, loss, accuracy, finite):
+            images, labels = iterator.get_next()
+            metrics = self._step(images, labels, NOTHING)
+            ok = tf.math.is_finite(metrics[tags.LOSS])
+            grads_ok = tf.math.is_finite(metrics[tags.GRAD_NORM_GLOBAL])
+            if tags.LOSS_SCALE_OVERFLOW in metrics:  # an overflow is a step, not a failure
+                grads_ok |= metrics[tags.LOSS_SCALE_OVERFLOW] > 0
+            return (
+                i + 1,
+                loss + metrics[tags.LOSS],
+                accuracy + metrics[tags.ACCURACY],
+                ok & grads_ok,
+            )
+
+        def more(i, loss, accuracy, finite):
+            return (i < n) & finite
+
+        zero = tf.constant(0.0)
+        steps, loss, accuracy, finite = tf.while_loop(
+            more, body, (tf.constant(0, tf.int32), zero, zero, tf.constant(True))
+        )
+        return {LOOP_STEPS: steps, LOOP_LOSS: loss, LOOP_ACCURACY: accuracy, LOOP_FINITE: finite}
 
     def _replica(self, images, labels, collect: int):
         """One replica's share: loss over the global batch size, gradients, correct count."""
@@ -125,11 +165,11 @@ class TrainStep:
             tags.LEARNING_RATE: lr,
             tags.GRAD_NORM_GLOBAL: tf.sqrt(tf.add_n(squared)),
         }
-        by_layer: dict[str, list] = {}
-        for (layer, _, _), sq in zip(self.named, squared):
-            by_layer.setdefault(layer, []).append(sq)
-        metrics.update({tags.grad_norm(k): tf.sqrt(tf.add_n(v)) for k, v in by_layer.items()})
         if collect >= SCALARS:
+            by_layer: dict[str, list] = {}
+            for (layer, _, _), sq in zip(self.named, squared):
+                by_layer.setdefault(layer, []).append(sq)
+            metrics.update({tags.grad_norm(k): tf.sqrt(tf.add_n(v)) for k, v in by_layer.items()})
             # The replicas' activation statistics, averaged.
             mean = tf.distribute.ReduceOp.MEAN
             metrics.update({k: s.reduce(mean, v, axis=None) for k, v in stats.items()})

@@ -89,6 +89,7 @@ class MetricWriter:
     def __init__(self, logdir: str):
         self.logdir = logdir
         self._file_writer = None
+        self._compiled = {}  # (tag, rank) of every value -> the tf.function writing such dicts
 
     @property
     def _writer(self):
@@ -97,22 +98,39 @@ class MetricWriter:
         return self._file_writer
 
     def write(self, step: int, metrics: Mapping[str, object]) -> None:
-        """Each rank-0 value as a scalar, each tensor as a histogram, at `step`."""
-        with self._writer.as_default(step=step):
-            for tag, value in metrics.items():
-                if tf.rank(value) == 0:
-                    tf.summary.scalar(tag, value)
-                else:
-                    tf.summary.histogram(tag, value)
+        """Each rank-0 value as a scalar, each tensor as a histogram, at `step`.
 
-    def write_hparams(self, hparams: Mapping[str, object], trial_id: str) -> None:
-        """The run's settings for TensorBoard's HParams dashboard (a run of its own)."""
+        Compiled once per set of tags: written eagerly, a histogram's bucketing alone took
+        tens of ms per tensor (a step with histograms spent over a second writing them)."""
+        values = {tag: tf.convert_to_tensor(v) for tag, v in metrics.items()}
+        key = tuple((tag, v.shape.rank, v.dtype) for tag, v in values.items())
+        if key not in self._compiled:
+            writer = self._writer
+
+            def write_all(step, values):
+                with writer.as_default(step=step):
+                    for tag, value in values.items():
+                        if value.shape.rank == 0:
+                            tf.summary.scalar(tag, value)
+                        else:
+                            tf.summary.histogram(tag, value)
+
+            self._compiled[key] = tf.function(write_all, autograph=False)
+        self._compiled[key](tf.constant(step, tf.int64), values)
+
+    def write_hparams(self, hparams: Mapping[str, object]) -> None:
+        """The run's settings for TensorBoard's HParams dashboard (a run of its own).
+
+        The trial is left unnamed (trial_id ""): TensorBoard then names it by the run's path
+        below the directory it was pointed at, so every run directory is its own trial - two
+        runs with the same last path component, or a copy of a run, never merge into one row.
+        """
         with self._writer.as_default():
             hparams_api.hparams_config(
                 hparams=[hparams_api.HParam(name) for name in hparams],
                 metrics=[hparams_api.Metric(tag, group=group) for tag, group in HPARAMS_METRICS],
             )
-            hparams_api.hparams(dict(hparams), trial_id=trial_id)
+            hparams_api.hparams(dict(hparams), trial_id="")
 
     def flush(self) -> None:
         if self._file_writer is not None:
@@ -130,8 +148,8 @@ class NullWriter:
     def write(self, step: int, metrics: Mapping[str, object]) -> None:
         del step, metrics
 
-    def write_hparams(self, hparams: Mapping[str, object], trial_id: str) -> None:
-        del hparams, trial_id
+    def write_hparams(self, hparams: Mapping[str, object]) -> None:
+        del hparams
 
     def flush(self) -> None:
         pass
@@ -167,3 +185,46 @@ def open_writers(model_dir: str, writes: bool) -> dict[str, MetricWriter | NullW
         "eval": MetricWriter(os.path.join(model_dir, EVAL_DIR)),
         "hparams": MetricWriter(model_dir),
     }
+
+
+def tags_markdown() -> str:
+    """Every tag normlab writes, as the README's Markdown table (`python -m
+    normlab.trainer.summaries` prints it; tests/test_docs.py checks the README holds it)."""
+    per_layer = "<layer>"
+    rows = [
+        (TRAIN_DIR, LOSS, "the training batch's loss, at every --summary_every step"),
+        (TRAIN_DIR, ACCURACY, "the training batch's accuracy, at the same steps"),
+        (TRAIN_DIR, LEARNING_RATE, "the learning rate of that step"),
+        (TRAIN_DIR, GRAD_NORM_GLOBAL, "L2 norm of the whole gradient"),
+        (TRAIN_DIR, grad_norm(per_layer), "L2 norm of one layer's gradient"),
+        (TRAIN_DIR, param_norm(per_layer, "<variable>"), "L2 norm of one variable"),
+        (TRAIN_DIR, activation(per_layer, "{pre,post}", "{mean,std}"),
+         "mean and std of a hidden layer's output before / after its norm"),
+        (TRAIN_DIR, STEPS_PER_SEC, "throughput of the last logging window"),
+        (TRAIN_DIR, IMAGES_PER_SEC, "the same in images"),
+        (TRAIN_DIR, weights_histogram(per_layer, "<variable>"),
+         "histogram, at the first and last step and every --histogram_every"),
+        (TRAIN_DIR, gradients_histogram(per_layer, "<variable>"), "histogram, the same steps"),
+        (TRAIN_DIR, activations_histogram(per_layer, "{pre,post}"), "histogram, the same steps"),
+        (TRAIN_DIR, LOSS_SCALE, "mixed_float16 only: the dynamic loss scale"),
+        (TRAIN_DIR, LOSS_SCALE_OVERFLOW, "mixed_float16 only: 1 for a step an overflow skipped"),
+        (EVAL_DIR, LOSS, "the validation loss, at every --eval_every step and the last"),
+        (EVAL_DIR, ACCURACY, "the validation accuracy, at the same steps"),
+        (EVAL_DIR, FINAL_VAL_LOSS, "the final model's validation loss (once, at the end)"),
+        (EVAL_DIR, FINAL_VAL_ACCURACY, "the final model's validation accuracy"),
+        (EVAL_DIR, FINAL_TEST_LOSS, "the final model's test loss"),
+        (EVAL_DIR, FINAL_TEST_ACCURACY, "the final model's test accuracy"),
+    ]  # fmt: skip
+    lines = ["| run | tag | what |", "|---|---|---|"]
+    lines += [f"| `{run}/` | `{tag}` | {what} |" for run, tag, what in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m normlab.trainer.summaries",
+        description="Prints the README's table of TensorBoard tags.",
+    ).parse_args()
+    print(tags_markdown())

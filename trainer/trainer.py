@@ -156,6 +156,7 @@ class Trainer:
                 "use a new --model_dir."
             )
         self.writers = summaries.open_writers(self.model_dir, self.run_dir.writes)
+        self._hparams_written = False
 
     def _learning_rate(self, step: tf.Tensor) -> tf.Tensor:
         c = self.config
@@ -204,9 +205,10 @@ class Trainer:
             return {}
         self.run_dir.save_config(c)
         self.run_dir.truncate_summaries(start)
-        self.writers["hparams"].write_hparams(
-            self.hparams(), os.path.basename(os.path.abspath(self.model_dir))
-        )
+        if not self._hparams_written:
+            self.run_dir.remove_hparams_record()  # the settings of an earlier attempt
+            self.writers["hparams"].write_hparams(self.hparams())
+            self._hparams_written = True
         dataset = self.splits.train_batches(
             batch_size=c.batch_size, seed=c.seed, augment=c.augment, start_step=start
         )
@@ -269,9 +271,19 @@ class Trainer:
             self._last_val = (step, result)
         return result
 
-    def _stop_on_non_finite(self, step: int, images, metrics: dict) -> None:
-        """Names the first layer whose activations or gradients are not finite, then stops."""
-        images = self.strategy.experimental_local_results(images)[0]  # this replica's slice
+    def _stop_on_non_finite(self, step: int) -> None:
+        """Names the first layer whose activations or gradients are not finite at `step`, then
+        stops. The step applied nothing; its batch (a pure function of seed and step) is run
+        again through the step with per-layer gradient norms, which again applies nothing."""
+        c = self.config
+        images, labels = (
+            self.splits.train_batches(
+                batch_size=c.batch_size, seed=c.seed, augment=c.augment, start_step=step - 1
+            )
+            .take(1)
+            .get_single_element()
+        )
+        metrics = self.train_step(images, labels, steps.SCALARS)
         _, taps = self.model.forward(images, training=False, tap=True)
         culprit = next(
             (k.split("/")[0] for k, t in taps.items() if not np.all(np.isfinite(t.numpy()))),
