@@ -4,8 +4,9 @@ The steps between two host events (a summary, a log line, a validation, a checkp
 run as compiled loops of up to --steps_per_loop steps with no host round trip between steps;
 the host reads the loop's loss, accuracy and finiteness once. At an event, in order: run the
 step that collects summaries or histograms (when due), stop on a non-finite loss, write the
-summaries, log, validate, checkpoint, and stop after saving if SIGINT/SIGTERM arrived. Histograms are due at the first and the last
-step of a run and every `histogram_every` steps, so even a short run has some.
+summaries, log, validate, checkpoint, and stop after saving if SIGINT/SIGTERM arrived.
+Histograms are due at the first and the last step of a run and every `histogram_every` steps,
+so even a short run has some.
 
 Training time counts only the steps: validation and saving are excluded, and the total over
 every segment of a run (a resumed run continues the count) is kept in the checkpoint.
