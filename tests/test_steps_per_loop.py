@@ -94,3 +94,45 @@ def test_resuming_mid_run_with_another_loop_length_is_bitwise_the_same(tmp_path)
         np.array_equal(a.numpy(), b.numpy())
         for a, b in zip(whole.model.variables, second.model.variables)
     )
+
+
+def test_training_time_accumulates_over_segments_by_a_controlled_clock(tmp_path, monkeypatch):
+    """A clock that moves only while steps run (1 s per step): a run trained in two
+    segments reports the sum of both, 45 s for 45 steps, not the last segment's time."""
+    from normlab.trainer import loop
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["now"])
+
+    def timed(trainer):
+        step, many = trainer.train_step.__call__, trainer.train_step.loop
+
+        class Timed:
+            def __call__(self, *args, **kwargs):
+                clock["now"] += 1.0
+                return step(*args, **kwargs)
+
+            def loop(self, batches, n):
+                result = many(batches, n)
+                clock["now"] += float(result["steps"])
+                return result
+
+        trainer.train_step = Timed()
+        return trainer
+
+    def crash_at_20(line):
+        if line.startswith("step 20/45  loss"):
+            raise _Crash()  # resumes from ckpt-15: steps 16-20 are trained again
+
+    config = Config(**{**EVENTS, "steps_per_loop": 4})
+    first = timed(
+        Trainer(config, str(tmp_path / "r"), splits=tiny_splits(n_train=512), log=crash_at_20)
+    )
+    with pytest.raises(_Crash):
+        first.train_and_evaluate()
+    first.close()
+    assert float(first.train_seconds.numpy()) == 15.0  # as saved with ckpt-15
+    second, _ = _run(tmp_path, "r", steps_per_loop=4)
+    metrics = timed(second).train_and_evaluate()
+    assert metrics["train_seconds"] == 45.0
+    assert metrics["train_steps_per_sec"] == 1.0
