@@ -63,7 +63,11 @@ def main() -> int:
             f"--checkpoint names one checkpoint; give one run, not {len(dirs) + len(missing)}."
         )
     results, failures = evaluation.evaluate_runs(
-        dirs, checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, precision=FLAGS.precision
+        dirs,
+        checkpoint=FLAGS.checkpoint,
+        data_dir=FLAGS.data_dir,
+        precision=FLAGS.precision,
+        log=lambda line: print(f"eval.py: {line}", file=sys.stderr),
     )
     report = evaluation.Comparison(results, {**missing, **failures})
     print(report.text(), end="")

@@ -26,7 +26,15 @@ flags.DEFINE_string(
     "Run directory: flags, checkpoints, summaries, metrics. "
     "An existing one is resumed with its saved flags.",
 )
-FLAG_NAMES = ["model_dir"] + cli.define_config_flags()
+flags.DEFINE_boolean(
+    "start_over",
+    False,
+    "Train --model_dir again from step 0 although it holds summaries or metrics but no "
+    "checkpoint (a run that diverged or was killed before its first checkpoint, or whose "
+    "checkpoints were deleted): its summaries and metrics.json are replaced. Without it such a "
+    "directory is refused and nothing in it is touched.",
+)
+FLAG_NAMES = ["model_dir", "start_over"] + cli.define_config_flags()
 FLAGS = flags.FLAGS
 
 
@@ -54,7 +62,7 @@ def main() -> int:
     run_dir = RunDirectory(FLAGS.model_dir, writes=False, log=lambda _: None)
     run_dir.check_config(config.resolved())
     config.validate()
-    trainer = Trainer(config, FLAGS.model_dir)
+    trainer = Trainer(config, FLAGS.model_dir, start_over=FLAGS.start_over)
     try:
         trainer.train_and_evaluate()
     finally:

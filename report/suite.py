@@ -112,7 +112,8 @@ def _train(job, setup: Setup, splits, log) -> dict:
     earlier = (records.read_json(os.path.join(run_dir, WALL_FILE)) or {}).get("wall_seconds", 0.0)
     start = time.perf_counter()
     status, step = records.COMPLETE, None
-    trainer = Trainer(job.config, run_dir, splits=splits, log=log)
+    # A scratch run killed before its first checkpoint starts over (its own directory).
+    trainer = Trainer(job.config, run_dir, splits=splits, log=log, start_over=True)
     try:
         trainer.train_and_evaluate()
     except NonFiniteError as e:

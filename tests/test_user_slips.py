@@ -303,6 +303,8 @@ def test_hparams_one_trial_per_run_directory_with_the_settings_that_made_it(tmp_
     r = run("train.py", *args, "--learning_rate=1e30", "--norm=none")
     assert r.returncode == 1 and "non-finite" in r.stderr
     r = run("train.py", *args, "--learning_rate=0.01", "--norm=none")
+    assert r.returncode == 2 and "--start_over" in r.stderr  # summaries, no checkpoint
+    r = run("train.py", *args, "--learning_rate=0.01", "--norm=none", "--start_over")
     assert r.returncode == 0, r.stderr
     info = session(model_dir)
     assert info.group_name == ""  # TensorBoard groups it by the run's own path

@@ -87,6 +87,7 @@ def evaluate_runs(
     checkpoint: str | None = None,
     data_dir: str | None = None,
     precision: str | None = None,
+    log=lambda _: None,
 ) -> tuple[list[RunResult], dict[str, str]]:
     """Evaluates each run on its test split; returns (results, {dir: reason it failed}).
     data_dir and precision, when given, replace the runs' own."""
@@ -106,12 +107,14 @@ def evaluate_runs(
                     config.dataset, config.data_dir or None, config.validation_size
                 )
             trainer = Trainer(
-                config, model_dir, splits=cache[key], log=lambda _: None, read_only=True
+                config,
+                model_dir,
+                splits=cache[key],
+                log=lambda line, d=model_dir: log(f"{d}: {line}"),
+                read_only=True,
+                checkpoint=checkpoint,
             )
-            if checkpoint:
-                trainer.restore(checkpoint)
-                used = os.path.basename(checkpoint)
-            elif trainer.restored:
+            if trainer.restored:
                 used = os.path.basename(trainer.restored)
             else:
                 raise RunError("no checkpoint yet (has training saved one?)")

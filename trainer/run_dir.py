@@ -174,6 +174,31 @@ class RunDirectory:
         for name in checkpoints.remove_unlisted_and_excess(self.checkpoint_dir, max_to_keep):
             self.log(f"removed {name}: not (or no longer) listed as a kept checkpoint")
 
+    def check_start_from_scratch(self, start_over: bool) -> None:
+        """A run about to start at step 0 in a directory that already holds its results
+        (metrics.json, summaries) but no checkpoint to resume from: refused (UsageError), so
+        nothing is overwritten, unless `start_over`, which removes those results first."""
+        from normlab.trainer.summaries import EVAL_DIR, TRAIN_DIR
+
+        traces = [
+            name
+            for name in (METRICS_FILE, TRAIN_DIR, EVAL_DIR)
+            if os.path.exists(os.path.join(self.path, name))
+        ]
+        if not traces or not self.writes:
+            return
+        if not start_over:
+            raise UsageError(
+                f"{self.path} holds {', '.join(traces)} of an earlier run but no checkpoint to "
+                "resume from (it diverged or was killed before its first checkpoint, or its "
+                "checkpoints were deleted). Nothing was changed. Use a new --model_dir, or "
+                "--start_over to train it again from step 0 (replacing those)."
+            )
+        for name in traces:
+            path = os.path.join(self.path, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        self.log(f"starting over: removed {', '.join(traces)} of the earlier run")
+
     def remove_hparams_record(self) -> None:
         """Deletes the HParams event files of earlier attempts (model_dir's own events.*, which
         hold nothing else), so the dashboard shows the settings that produced the metrics."""

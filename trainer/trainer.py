@@ -40,7 +40,12 @@ class Trainer:
         splits: preloaded data (tests, eval.py, report.py); loaded from config otherwise.
         log: where progress lines go.
         read_only: for evaluating a run: write nothing into model_dir; training is refused.
-            The newest checkpoint is restored even while another process trains the run.
+            The newest intact checkpoint is restored, even while another process trains the
+            run (a damaged newest one is skipped, and `log` says so).
+        checkpoint: read_only: restore this checkpoint (a path, or a name like ckpt-300 in
+            checkpoints/) instead of the newest.
+        start_over: a run directory with summaries or metrics but no checkpoint is trained
+            from step 0 (its summaries and metrics.json replaced) instead of refused.
 
     Attributes (besides the model, optimizer, steps and writers):
         restored: the path of the checkpoint last restored (None: a new run).
@@ -54,10 +59,13 @@ class Trainer:
         splits: data.Splits | None = None,
         log: Callable[[str], None] = print,
         read_only: bool = False,
+        checkpoint: str | None = None,
+        start_over: bool = False,
     ):
         config.validate()
         config = config.resolved()  # the course net's fixed sizes, as flags.txt records them
         self.config, self.model_dir, self.log, self.read_only = config, model_dir, log, read_only
+        self._wanted, self._start_over = checkpoint, start_over
         # First of all: logical CPU devices must be configured before TensorFlow runs an op.
         self.strategy = (
             tf.distribute.get_strategy()
@@ -144,10 +152,23 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=c.max_to_keep, step_counter=self.step
         )
-        if self.read_only:
-            self.restored = checkpoints.restore_newest(self.checkpoint, directory)
+        if self.read_only and self._wanted:
+            self.restore(self._wanted)
+        elif self.read_only:
+            self.restored = checkpoints.restore_newest(self.checkpoint, directory, self.log)
+        elif self.is_chief:
+            restored = checkpoints.restore_newest(self.checkpoint, directory, self.log)
+            if restored and checkpoints.set_aside_damaged(directory, restored, self.log):
+                self.manager = tf.train.CheckpointManager(  # it read the state before the move
+                    self.checkpoint, directory, max_to_keep=c.max_to_keep, step_counter=self.step
+                )
+            self.restored = restored
+            if restored:
+                self.log(f"resumed from {restored} at step {self.current_step}")
+            else:
+                self.run_dir.check_start_from_scratch(self._start_over)
         else:
-            self._restore(self.manager.latest_checkpoint if self.is_chief else latest)
+            self._restore(latest)
         if self.current_step > self.total_steps:
             raise UsageError(
                 f"{self.model_dir} is at step {self.current_step}, beyond --train_steps / "
@@ -190,7 +211,8 @@ class Trainer:
         self.restored = path
         if path is not None:
             checkpoints.restore(self.checkpoint, path)
-            self.log(f"resumed from {path} at step {self.current_step}")
+            if not self.read_only:
+                self.log(f"resumed from {path} at step {self.current_step}")
 
     # -- training ----------------------------------------------------------------------------
 
