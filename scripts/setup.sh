@@ -8,10 +8,17 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements.txt
+# A few clear lines: pip's warnings about package-index locations of this machine's pip
+# configuration that do not exist are dropped, as is setuptools' banner about editable
+# installs (a warning in the build subprocess); pip's own errors and exit code stay.
+pip_quietly() {
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+pip_quietly install --quiet --upgrade pip
+pip_quietly install --quiet -r requirements.txt
 # normlab itself, editable: `import normlab.core` from any directory (pyproject.toml).
-.venv/bin/python -m pip install --quiet --no-deps -e .
+pip_quietly install --quiet --no-deps -e .
 
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then

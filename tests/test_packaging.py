@@ -1,0 +1,71 @@
+"""normlab as a package a user installs: its declared dependencies, and a wheel that works in a
+fresh virtual environment."""
+
+import os
+import re
+import subprocess
+import sys
+import venv
+
+import tomllib
+
+from tests.fixtures import ROOT
+
+
+def _requirements() -> dict[str, str]:
+    out = {}
+    for line in open(os.path.join(ROOT, "requirements.txt")):
+        line = line.split("#")[0].strip()
+        if line:
+            name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", line).groups()
+            out[name.lower().replace("_", "-")] = spec.strip()
+    return out
+
+
+def _declared() -> dict[str, str]:
+    project = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]
+    out = {}
+    for req in project["dependencies"] + sum(project["optional-dependencies"].values(), []):
+        name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", req).groups()
+        out[name.lower().replace("_", "-")] = spec.strip()
+    return out
+
+
+def test_pyproject_declares_every_requirement_with_the_same_range():
+    assert _declared() == _requirements()
+
+
+def test_a_wheel_installs_into_a_fresh_virtualenv_and_runs_a_layer(tmp_path):
+    """Builds the wheel, installs it with its dependencies into a new virtualenv (pip's cache
+    and the package index supply them), and uses normlab.core and a Keras layer from there."""
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), ROOT],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    (wheel,) = [w for w in os.listdir(wheels) if w.endswith(".whl")]
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", str(wheels / wheel)],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    code = (
+        "import numpy as np, keras\n"
+        "from normlab.core import layer_norm\n"
+        "from normlab.models import LayerNormalization\n"
+        "x = np.random.default_rng(0).normal(size=(4, 6)).astype('float32')\n"
+        "y = LayerNormalization()(x)\n"
+        "z = layer_norm(x, np.ones(6, 'float32'), np.zeros(6, 'float32'), eps=1e-3)\n"
+        "assert np.allclose(y, z, atol=1e-6)\n"
+        "import normlab.core, os\n"
+        "print(os.path.dirname(normlab.core.__file__))\n"
+    )
+    used = subprocess.run(
+        [python, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert used.returncode == 0, used.stderr[-2000:]
+    assert str(env_dir) in used.stdout  # the installed copy, not the checkout
