@@ -25,6 +25,7 @@ from normlab.trainer.errors import RunError, UsageError
 # Settings that may tell runs apart, in the order the table shows them (the run's checkpoint
 # and replicas come from the run itself).
 DISTINGUISHING = (
+    "dataset",
     "arch",
     "norm",
     "norm_impl",
@@ -54,6 +55,7 @@ class RunResult:
     per_class_accuracy: list[float]
     class_names: tuple[str, ...]
     predictions: np.ndarray
+    status: str = "finished"  # or "at step k of n", "diverged at step k"
 
 
 def find_runs(paths: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -114,8 +116,21 @@ def evaluate_runs(
                 read_only=True,
                 checkpoint=checkpoint,
             )
+            saved = trainer.run_dir.read_metrics()
+            if saved.get("step", 0) >= trainer.total_steps:
+                status = "finished"
+            elif saved.get("diverged_at_step"):
+                status = f"diverged at step {saved['diverged_at_step']}"
+            else:
+                status = f"at step {trainer.current_step} of {trainer.total_steps}"
             if trainer.restored:
                 used = os.path.basename(trainer.restored)
+            elif saved.get("diverged_at_step"):
+                raise RunError(
+                    f"diverged at step {saved['diverged_at_step']} (first non-finite layer: "
+                    f"{saved.get('diverged_layer', '?')}) before its first checkpoint: nothing "
+                    "to evaluate"
+                )
             else:
                 raise RunError("no checkpoint yet (has training saved one?)")
             result = trainer.evaluate("test")
@@ -134,6 +149,7 @@ def evaluate_runs(
                 per_class_accuracy=result["per_class_accuracy"],
                 class_names=trainer.splits.info.class_names,
                 predictions=result["predictions"],
+                status=status,
             )
         )
     return results, failures
@@ -141,6 +157,11 @@ def evaluate_runs(
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def _loss(x: float) -> str:
+    """4 decimals, or 4 significant digits for a diverged run's huge (or non-finite) loss."""
+    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
 
 
 def _setting(config: Config, name: str) -> str:
@@ -173,6 +194,7 @@ class Comparison:
             row = {"#": i, "run": r.model_dir}
             row.update({SHORT.get(n, n): _setting(r.config, n) for n in DISTINGUISHING})
             row.update(
+                status=r.status,
                 checkpoint=r.checkpoint,
                 steps=r.step,
                 test_accuracy=round(r.test_accuracy, 6),
@@ -213,7 +235,7 @@ class Comparison:
             rows = [
                 [i, names[i - 1]]
                 + [_setting(r.config, n) for n in differing]
-                + [r.checkpoint, r.step, _pct(r.test_accuracy), f"{r.test_loss:.4f}", r.parameters]
+                + [r.status, r.checkpoint, _pct(r.test_accuracy), _loss(r.test_loss), r.parameters]
                 for i, r in enumerate(self.results, 1)
             ]
             shared_text = ", ".join(f"{k} {v}" for k, v in shared.items())
@@ -223,16 +245,8 @@ class Comparison:
             parts = [
                 *textwrap.wrap(intro, 100),
                 "",
-                table(columns + ["checkpoint", "steps", "test acc", "test loss", "params"], rows),
-                "",
-                "Per-class test accuracy (%):",
-                table(
-                    ["#"] + [n[:6] for n in self.results[0].class_names],
-                    [
-                        [i] + [f"{100 * a:.1f}" for a in r.per_class_accuracy]
-                        for i, r in enumerate(self.results, 1)
-                    ],
-                ),
+                table(columns + ["status", "checkpoint", "test acc", "test loss", "params"], rows),
+                *self._per_class(table),
             ]
             matrix = self.agreement()
             if matrix is not None:
@@ -251,6 +265,34 @@ class Comparison:
         for model_dir, reason in self.failures.items():
             parts += ["", f"Not evaluated: {model_dir}: {reason}"]
         return "\n".join(parts) + "\n"
+
+    def _per_class(self, table) -> list[str]:
+        """Per-class test accuracy: a class per row with its full name, a run per column (in
+        blocks), one table per data set when the runs were trained on different ones."""
+        parts = []
+        by_classes: dict[tuple, list[int]] = {}
+        for i, r in enumerate(self.results, 1):
+            by_classes.setdefault(tuple(r.class_names), []).append(i)
+        for names, runs in by_classes.items():
+            dataset = self.results[runs[0] - 1].config.dataset
+            title = "Per-class test accuracy (%)"
+            parts += ["", f"{title}, {dataset}:" if len(by_classes) > 1 else f"{title}:"]
+            for start in range(0, len(runs), MATRIX_BLOCK):
+                block = runs[start : start + MATRIX_BLOCK]
+                parts.append(
+                    table(
+                        ["class"] + [f"#{i}" for i in block],
+                        [
+                            [name]
+                            + [
+                                f"{100 * self.results[i - 1].per_class_accuracy[k]:.1f}"
+                                for i in block
+                            ]
+                            for k, name in enumerate(names)
+                        ],
+                    )
+                )
+        return parts
 
     def text(self) -> str:
         return self._sections(markdown=False)

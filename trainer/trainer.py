@@ -320,6 +320,7 @@ class Trainer:
                 ),
                 "the loss",
             )
+        self.run_dir.write_metrics({"diverged_at_step": step, "diverged_layer": culprit})
         raise NonFiniteError(
             step,
             culprit,
