@@ -113,11 +113,13 @@ def main() -> int:
         print(f"report: wrote {path} from {len(records.load_all(results, preset.name))} records")
         return 0
     data_dir = FLAGS.data_dir or (fixture_dir(root) if preset.name == "tiny" else "")
-    setup = suite.Setup(preset, root, results, data_dir, out)
+    from normlab import machine
+
+    setup = suite.Setup(preset, root, results, data_dir, out, commit=machine.commit())
     examples = len(suite._splits(setup).train_x)
     jobs = design.shard(design.plan(preset, data_dir, examples), index, count)
     if FLAGS.plan:
-        print_plan(preset, jobs, results)
+        print_plan(preset, jobs, results, FLAGS.jobs)
         return 0
 
     def say(line: str) -> None:
@@ -137,7 +139,7 @@ def main() -> int:
     return 1 if failures else 0
 
 
-def print_plan(preset: design.Preset, jobs: list, results: str) -> None:
+def print_plan(preset: design.Preset, jobs: list, results: str, at_once: int) -> None:
     from normlab.report import records
     from normlab.trainer.loop import duration
 
@@ -153,7 +155,9 @@ def print_plan(preset: design.Preset, jobs: list, results: str) -> None:
             f"{i:>3}  {job.name:<52} {','.join(job.sections):<14} {steps:>6} "
             f"{duration(seconds):>8}  {done}"
         )
+    speedup = design.parallel_speedup(at_once)
     print(
-        f"\n{len(jobs)} jobs, {duration(total)} by the cost model (fixed + steps x per step + "
-        "evaluated examples x per example; coefficients measured on 2 cores, BUILD_NOTES.md)."
+        f"\n{len(jobs)} jobs: {duration(total)} one at a time by the cost model (fixed + steps x "
+        "per step + evaluated examples x per example; coefficients measured on 2 cores, "
+        f"BUILD_NOTES.md); with --jobs={at_once}: {duration(total / speedup)} (x{speedup:g})."
     )

@@ -86,6 +86,7 @@ class Preset:
                       ("default/group", 5.3, 0.355), ("default/rms", 5.5, 0.323),
                       ("default/weight", 5.5, 0.224), ("lstm", 4.0, 0.50), ("lstm/none", 2.0, 0.23))
     example_ms: tuple = (("default", 0.05), ("lstm", 0.15))
+    parity_seconds: float = 40.0
     # fmt: on
 
 
@@ -109,8 +110,8 @@ PRESETS = {
         high_rates=(1e6,),  # diverges: the tests see a diverged run
         batch_sizes=(2, 16), batch_epochs=0.25, lstm_epochs=0.25, eval_examples=32,
         checkpoint_examples=32, twin_steps=3, cost_rounds=2, cost_steps=2,
-        fixed_seconds=(("default", 3.0), ("lstm", 12.0)),
-        example_ms=(("default", 0.5), ("lstm", 2.0))),
+        fixed_seconds=(("default", 2.0), ("lstm", 15.0), ("lstm/none", 3.0)),
+        example_ms=(("default", 0.01), ("lstm", 0.05)), parity_seconds=11.0),
 }
 # fmt: on
 
@@ -320,32 +321,43 @@ def facts(sections, config: dict, kind: str = "run") -> dict:
 
 
 def seconds(preset: Preset, job: Job) -> float:
-    """The cost model's prediction of a job's wall time on 2 cores."""
+    """The cost model's prediction of a job's wall time on 2 cores (one job at a time)."""
     if job.kind == "parity":
-        return 40.0
-    if job.kind == "cost":
-        return (
-            20.0
-            + 2 * len(dict(job.params)["norms"]) * preset.cost_rounds * preset.cost_steps * 0.05
-        )
+        return preset.parity_seconds
+    if job.kind == "cost":  # per norm: build, 3 warm-up steps, an untimed round, the rounds
+        params = dict(job.params)
+        return sum(_fixed(preset, "default", n) + (3 + (preset.cost_rounds + 1) * preset.cost_steps)
+                   * _step_ms(preset, "default", n, params["batch_size"]) / 1000
+                   for n in params["norms"])  # fmt: skip
     c = job.config
-    fixed_table = dict(preset.fixed_seconds)
-    fixed = fixed_table.get(f"{c.arch}/{c.norm}", fixed_table[c.arch])
-    table = {k: (a, b) for k, a, b in preset.step_ms}
-    a, b = table.get(f"{c.arch}/{c.norm}", table[c.arch])
-    evals = c.train_steps // c.eval_every + 1
-    examples = evals * preset.base["validation_size"] + 2 * preset.base["validation_size"] + 10000
+    fixed, step = _fixed(preset, c.arch, c.norm), _step_ms(preset, c.arch, c.norm, c.batch_size)
+    validation = preset.base["validation_size"]
+    examples = (c.train_steps // c.eval_every + 2) * validation + 10000  # + final val and test
     extra = 0.0
     if "twins" in job.analyses:
-        extra += fixed + 3 * preset.twin_steps * (a + b * c.batch_size) / 1000
+        extra += fixed + 3 * preset.twin_steps * step / 1000
     if "bn_eval" in job.analyses:
-        extra += 2 * 10000 * dict(preset.example_ms)[c.arch] / 1000
-    return (
-        fixed
-        + c.train_steps * (a + b * c.batch_size) / 1000
-        + examples * dict(preset.example_ms)[c.arch] / 1000
-        + extra
-    )
+        examples += 2 * 10000
+    per_example = dict(preset.example_ms)[c.arch]
+    return fixed + c.train_steps * step / 1000 + examples * per_example / 1000 + extra
+
+
+def _fixed(preset: Preset, arch: str, norm: str) -> float:
+    table = dict(preset.fixed_seconds)
+    return table.get(f"{arch}/{norm}", table[arch])
+
+
+def _step_ms(preset: Preset, arch: str, norm: str, batch_size: int) -> float:
+    table = {k: (a, b) for k, a, b in preset.step_ms}
+    a, b = table.get(f"{arch}/{norm}", table[arch])
+    return a + b * batch_size
+
+
+def parallel_speedup(jobs_at_once: int) -> float:
+    """How much sooner K jobs at once finish than one at a time on 2 cores: measured by
+    `python -m bench.jobs` (BUILD_NOTES.md, "The report's suite") for K = 2; no gain assumed
+    beyond the two cores."""
+    return 1.0 if jobs_at_once <= 1 else 1.6
 
 
 def shard(jobs: list[Job], index: int, count: int) -> list[Job]:

@@ -32,6 +32,9 @@ class Setup:
     results: str
     data_dir: str
     out: str = ""  # where REPORT.md goes (--commit_records rewrites it after each record)
+    # The commit of the code, taken once when the session starts: records committed during the
+    # session move HEAD and dirty the tree, but not the code that trains.
+    commit: str = ""
     threads: int = 0  # TensorFlow threads per process; 0: TensorFlow's default (all cores)
 
 
@@ -65,6 +68,7 @@ def run_job(job: design.Job, setup: Setup, log: Callable[[str], None] = lambda _
     from normlab.report import analyses
 
     splits, info = _splits(setup), machine.describe()
+    info["commit"] = setup.commit or info["commit"]
     preset = setup.preset
     start = time.perf_counter()
     if job.kind == "parity":
@@ -227,7 +231,7 @@ def run_all(jobs, setup: Setup, jobs_at_once: int, say, trainer_log, commit: boo
         "preset": preset.name,
         "jobs_at_once": jobs_at_once,
         "cpu": machine.cpu_model(),
-        "commit": machine.commit(),
+        "commit": setup.commit or machine.commit(),
         "done": 0,
     }
     start, failures, width = time.perf_counter(), 0, len(str(len(todo)))

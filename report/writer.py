@@ -104,13 +104,22 @@ def answer(ctx: tables.Context, results: dict, cnn_rows: list[tables.Row]) -> st
 
     def v(cid: str) -> str:
         r = results[cid]
-        return f"{r.verdict} (claim {claims.CLAIMS.index(r.claim) + 1})"
+        return f"**{r.verdict}** (claim {claims.CLAIMS.index(r.claim) + 1}: {r.evidence()})"
+
+    ranked = sorted((r for r in cnn_rows if r.acc), key=lambda r: -r.acc.mean)
+    if ranked:
+        best += "; by mean test accuracy: " + ", ".join(
+            f"{r.label} {100 * r.acc.mean:.2f}%" for r in ranked
+        )
 
     rows = [
         [
             "Which normalization works best here (CNN, Fashion-MNIST)?",
             best,
-            f"table cnn; {v('bn_acc')}, {v('bn_over_ln_cnn')}",
+            "table cnn; claims "
+            + ", ".join(
+                str(claims.CLAIMS.index(results[c].claim) + 1) for c in ("bn_acc", "bn_over_ln_cnn")
+            ),
         ],
         [
             "Why does batch norm help?",
@@ -146,22 +155,10 @@ def claims_section(results: list[claims.Result]) -> str:
     rows = []
     for i, r in enumerate(results, 1):
         p = "n/a" if r.p != r.p else f"{r.p:.2g}"
-        rows.append([i, r.claim.text, r.claim.source, r.evidence(), p, f"**{r.verdict}**"])
-    return _section(
-        "## Claims, tested",
-        HOLM,
-        markdown_table(
-            [
-                "#",
-                "claim (A vs B)",
-                "source",
-                "A vs B: difference, + favours A [95% interval]",
-                "p",
-                "verdict",
-            ],
-            rows,
-        ),
-    )
+        rows.append([i, r.claim.text, r.claim.source, r.evidence(), p, r.raw, f"**{r.verdict}**"])
+    header = ["#", "claim (A vs B)", "source", "A vs B: difference, + favours A [95% interval]",
+              "p", "by its own interval", "verdict (Holm)"]  # fmt: skip
+    return _section("## Claims, tested", HOLM, markdown_table(header, rows))
 
 
 def sweep_section(title, budget, cells: dict, setting: str, figure: str | None) -> str:

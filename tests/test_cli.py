@@ -113,3 +113,17 @@ def test_eval_errors(tmp_path):
     assert r.returncode == 1 and "neither a normlab run" in r.stdout
     r = run("eval.py")
     assert r.returncode == 2 and "--model_dirs is required" in r.stderr
+
+
+def test_boolean_flags_read_as_what_true_does_in_help():
+    from absl import flags
+
+    from normlab.trainer import cli
+
+    values = flags.FlagValues()
+    flags.DEFINE_boolean("plan", False, "Only print the jobs.", flag_values=values)
+    flags.DEFINE_integer("jobs", 1, "Jobs at once.", flag_values=values)
+    values(["prog"])
+    text = cli.usage("prog", "Doc.", ["plan", "jobs"], values)
+    assert "  --[no]plan (default: false)\n      Only print the jobs." in text
+    assert "  --jobs=1" in text and "--noplan" not in text

@@ -69,7 +69,10 @@ def usage(program: str, doc: str, names: Sequence[str], flag_values=flags.FLAGS)
     lines = [doc.strip(), "", "Flags:"]
     for name in names:
         flag = flag_values[name]
-        lines.append(f"  {flag.serialize() or '--' + name}")  # --name=default
+        if isinstance(flag, flags.BooleanFlag):  # --[no]name: the help says what true does
+            lines.append(f"  --[no]{name} (default: {'true' if flag.default else 'false'})")
+        else:
+            lines.append(f"  {flag.serialize() or '--' + name}")  # --name=default
         lines += textwrap.wrap(flag.help, 96, initial_indent="      ", subsequent_indent="      ")
     lines += ["", "A flag file holds one --name=value per line: --flagfile=FILE."]
     return "\n".join(lines)
