@@ -115,7 +115,11 @@ def sweep(panels, directory: str, name: str) -> str | None:
         ax.xaxis.set_major_locator(FixedLocator(values))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([f"{v:g}" for v in values])
-        ax.set(title=title, xlabel=xlabel, ylabel="test accuracy", ylim=(0.0, 1.0))
+        lows = [r.acc.low if r.acc.has_interval else r.acc.mean
+                for cells_ in cells.values() for _, r in cells_ if r.acc]  # fmt: skip
+        lows += [r.bn_eval.mean for cells_ in cells.values() for _, r in cells_ if r.bn_eval]
+        ax.set(title=title, xlabel=xlabel, ylabel="test accuracy")
+        ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.0)
         ax.legend(fontsize=8)
     return _save(fig, directory, name)
 

@@ -416,3 +416,16 @@ def test_report_program_plan_write_and_bad_shard(tmp_path):
     written = run("--preset=tiny", "--write", f"--root={tmp_path}")
     assert written.returncode == 0, written.stderr
     assert os.path.isfile(tmp_path / "REPORT.md")
+
+
+def test_a_run_that_diverged_before_its_first_validation_still_gets_a_record(tmp_path):
+    """Its run directory has no eval/ (the full suite's none-at-lr-1.5 runs): the record says
+    diverged with an empty curve instead of the suite failing the job."""
+    from normlab.trainer import summaries
+
+    assert summaries.read_scalars(str(tmp_path / "no-such-dir")) == {}
+    job = next(j for j in design.plan(FULL, "", design.TRAIN_EXAMPLES) if j.kind == "run")
+    info = {"commit": "c", "cpu": "cpu", "tensorflow": "tf"}
+    outcome = {"status": "diverged", "diverged_at_step": 1, "wall_seconds": 2.0}
+    record = records.run_record(job, "full", str(tmp_path), outcome, info)
+    assert record["status"] == "diverged" and record["curve"]["step"] == []

@@ -160,7 +160,11 @@ class NullWriter:
 
 def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{tag: (steps, values)} of every scalar written into logdir (one value per step, the
-    last): how report/ and the tests read a run's summaries back, by the tags above."""
+    last): how report/ and the tests read a run's summaries back, by the tags above. {} for a
+    directory that does not exist (a run that diverged before its first validation has no
+    eval/)."""
+    if not os.path.isdir(logdir):
+        return {}
     acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
     out = {}
