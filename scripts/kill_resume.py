@@ -84,8 +84,12 @@ def _kill_once(
     directory appears; the directory is polled every half millisecond (sleeping in between,
     so the poll does not take a core from the training it watches).
     """
-    proc = _train(model_dir, flags)
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
+    if os.path.isdir(model_dir) and _latest_recorded(checkpoint_dir) is None:
+        # Killed before its first checkpoint: train.py refuses to overwrite the summaries it
+        # left unless told to start over, as its message says.
+        flags = [*flags, "--start_over"]
+    proc = _train(model_dir, flags)
     deadline = time.monotonic() + timeout
     try:
         steps_before_kill = 1 if mid_save else rng.randint(1, 6)

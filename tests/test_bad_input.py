@@ -150,10 +150,12 @@ def test_eval_checkpoint_of_another_model_and_corrupt_checkpoint(tmp_path, train
     r = run("eval.py", f"--model_dirs={root}")
     assert r.returncode == 1, r.stderr
     assert re.search(r"Not evaluated: .*mislabelled: .*does not match this model", r.stdout)
-    assert re.search(r"Not evaluated: .*corrupt: ", r.stdout)
-    assert re.search(r"^1 +good ", r.stdout, re.M)  # the good run is still evaluated
+    # The damaged newest checkpoint is skipped: the newest intact one is evaluated, and said so.
+    assert re.search(r"^\d+ +corrupt .* ckpt-4 ", r.stdout, re.M), r.stdout
+    assert re.search(r"corrupt: skipped ckpt-8: it does not restore", r.stderr)
+    assert re.search(r"^\d+ +good ", r.stdout, re.M)  # the good run is still evaluated
     not_evaluated = [line for line in r.stdout.splitlines() if line.startswith("Not evaluated")]
-    assert len(not_evaluated) == 2  # each failure reported once
+    assert len(not_evaluated) == 1  # each failure reported once
     assert snapshot(trained) == before
 
 

@@ -76,11 +76,11 @@ def test_train_resume_and_eval(tmp_path, idx_dir):
     agreement = table["prediction_agreement"]
     assert agreement[0][0] == agreement[1][1] == 1.0 and agreement[0][1] == agreement[1][0]
     assert "| # | run | norm | impl |" in (tmp_path / "cmp.md").read_text()
-    assert (tmp_path / "cmp.csv").read_text().startswith("#,run,arch,norm,impl")
+    assert (tmp_path / "cmp.csv").read_text().startswith("#,run,dataset,arch,norm,impl")
 
     # A named checkpoint.
     r = run("eval.py", f"--model_dirs={run_a}", "--checkpoint=ckpt-8")
-    assert r.returncode == 0 and " 8 " in r.stdout
+    assert r.returncode == 0 and " ckpt-8 " in r.stdout
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ class RunResult:
     per_class_accuracy: list[float]
     class_names: tuple[str, ...]
     predictions: np.ndarray
-    status: str = "finished"  # or "at step k of n", "diverged at step k"
+    status: str = "finished"  # or "at k of n" (steps), "diverged at k"
 
 
 def find_runs(paths: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -120,9 +120,9 @@ def evaluate_runs(
             if saved.get("step", 0) >= trainer.total_steps:
                 status = "finished"
             elif saved.get("diverged_at_step"):
-                status = f"diverged at step {saved['diverged_at_step']}"
+                status = f"diverged at {saved['diverged_at_step']}"
             else:
-                status = f"at step {trainer.current_step} of {trainer.total_steps}"
+                status = f"at {trainer.current_step} of {trainer.total_steps}"
             if trainer.restored:
                 used = os.path.basename(trainer.restored)
             elif saved.get("diverged_at_step"):
@@ -235,7 +235,7 @@ class Comparison:
             rows = [
                 [i, names[i - 1]]
                 + [_setting(r.config, n) for n in differing]
-                + [r.status, r.checkpoint, _pct(r.test_accuracy), _loss(r.test_loss), r.parameters]
+                + [r.status, r.checkpoint, _pct(r.test_accuracy), _loss(r.test_loss)]
                 for i, r in enumerate(self.results, 1)
             ]
             shared_text = ", ".join(f"{k} {v}" for k, v in shared.items())
@@ -245,7 +245,7 @@ class Comparison:
             parts = [
                 *textwrap.wrap(intro, 100),
                 "",
-                table(columns + ["status", "checkpoint", "test acc", "test loss", "params"], rows),
+                table(columns + ["status", "checkpoint", "test acc", "test loss"], rows),
                 *self._per_class(table),
             ]
             matrix = self.agreement()
