@@ -27,7 +27,6 @@ import math
 from normlab.report import claims
 from normlab.trainer.config import Config
 
-SECTIONS = ("cnn", "wn_init", "lr", "batch", "lstm", "lstm_gain", "parity", "cost")
 # fmt: off
 # Settings that say where or how a run is kept, not what it computes: not in the hash.
 _NOT_HASHED = ("data_dir", "strategy", "virtual_cpus", "collective_timeout", "startup_timeout",

@@ -39,6 +39,7 @@ class Setup:
 
 
 _SPLITS = {}  # this process's data, loaded once
+_WORKER_SETUP = {}  # a worker process's Setup
 
 
 def _splits(setup: Setup):
@@ -54,8 +55,10 @@ def _splits(setup: Setup):
 
 
 def _init_worker(setup: Setup) -> None:
+    """A worker process's start: its setup, its share of the threads, its data."""
     import tensorflow as tf
 
+    _WORKER_SETUP["setup"] = setup
     tf.get_logger().setLevel("ERROR")
     if setup.threads:
         tf.config.threading.set_intra_op_parallelism_threads(setup.threads)
@@ -148,14 +151,6 @@ def _work(job: design.Job):
         return job.name, summary(run_job(job, _WORKER_SETUP["setup"])), None
     except Exception as e:  # noqa: BLE001 - reported by the parent, which goes on
         return job.name, None, f"{type(e).__name__}: {e}"
-
-
-_WORKER_SETUP = {}
-
-
-def _init(setup: Setup) -> None:
-    _WORKER_SETUP["setup"] = setup
-    _init_worker(setup)
 
 
 def summary(record: dict) -> str:
@@ -267,7 +262,7 @@ def run_all(jobs, setup: Setup, jobs_at_once: int, say, trainer_log, commit: boo
 
     context = multiprocessing.get_context("spawn")
     worker_setup = dataclasses.replace(setup, threads=max(1, (os.cpu_count() or 2) // jobs_at_once))
-    with context.Pool(jobs_at_once, initializer=_init, initargs=(worker_setup,)) as pool:
+    with context.Pool(jobs_at_once, initializer=_init_worker, initargs=(worker_setup,)) as pool:
         try:
             for i, (name, text, error) in enumerate(pool.imap_unordered(_work, todo), 1):
                 finished(i, name, text, error)

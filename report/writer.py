@@ -63,6 +63,14 @@ def _rows_table(rows: list[tables.Row], threshold: float, with_steps: bool = Tru
     return markdown_table(header + ["ms per step (in training)"], body) if body else "No records."
 
 
+def _rows_section(p, title: str, section: str, rows, figure: str | None = None) -> str:
+    """A section of per-cell rows: its budget, its table, its validation-curve figure."""
+    threshold = p.lstm_threshold if section.startswith("lstm") else p.cnn_threshold
+    caption = f"{title.split(':')[0]}: validation accuracy, mean and 95% band"
+    return _section(f"## {title}", f"Budget: {design.budget(p, section)}.",
+                    _rows_table(rows, threshold), _figure(figure, caption))  # fmt: skip
+
+
 def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, shown: str) -> str:
     p = ctx.preset
     commits = collections.Counter(r["commit"] for r in ctx.records)
@@ -415,38 +423,16 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
         ),
         answer(ctx, by_id, cnn),
         claims_section(results),
-        _section(
-            "## CNN: with and without normalization",
-            f"Budget: {design.budget(p, 'cnn')}.",
-            _rows_table(cnn, p.cnn_threshold),
-            _figure(f["cnn"], "CNN: validation accuracy, mean and 95% band"),
-        ),
-        _section(
-            "## Weight norm's initialisation",
-            f"Budget: {design.budget(p, 'wn_init')}.",
-            _rows_table(wn, p.cnn_threshold),
-        )
-        if wn
-        else "",
+        _rows_section(p, "CNN: with and without normalization", "cnn", cnn, f["cnn"]),
+        _rows_section(p, "Weight norm's initialisation", "wn_init", wn) if wn else "",
         sweep_section(
             "CNN: learning rate", design.budget(p, "lr"), lr, "peak learning rate", f["lr"]
         ),
         sweep_section(
             "CNN: batch size", design.budget(p, "batch"), batch, "batch size", f["batch"]
         ),
-        _section(
-            "## LSTM: recurrent normalization",
-            f"Budget: {design.budget(p, 'lstm')}.",
-            _rows_table(lstm, p.lstm_threshold),
-            _figure(f["lstm"], "LSTM: validation accuracy, mean and 95% band"),
-        ),
-        _section(
-            "## Recurrent batch norm's initial gain",
-            f"Budget: {design.budget(p, 'lstm_gain')}.",
-            _rows_table(gain, p.lstm_threshold),
-        )
-        if gain
-        else "",
+        _rows_section(p, "LSTM: recurrent normalization", "lstm", lstm, f["lstm"]),
+        _rows_section(p, "Recurrent batch norm's initial gain", "lstm_gain", gain) if gain else "",
         impl_section(ctx, f["twins"]),
         inside_section(inside, f["inside"]),
         cost_section(ctx, cost, f["cost"]),
