@@ -7,6 +7,10 @@ import tensorflow as tf
 from normlab.core import _checks, closed_form
 from normlab.core.stats import moments, normalize
 
+# How moving statistics average batch statistics: Keras' plain exponential moving average, or
+# that average with Adam's bias correction (bias_corrected_update).
+MOVING_AVERAGES = ("plain", "bias_corrected")
+
 
 def _checked(x, gamma, beta, eps, name="x"):
     x = _checks.as_float_tensor(x, name, min_rank=2)
@@ -125,6 +129,15 @@ def batch_norm_inference(
     return normalize(x, tf.cast(mean, dtype), tf.cast(variance, dtype), gamma, beta, eps)
 
 
+def _check_momentum(momentum) -> float:
+    if isinstance(momentum, bool) or not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(
+            f"momentum must be in [0, 1) (0.99 keeps 99% of the moving value at "
+            f"each step), got {momentum!r}."
+        )
+    return float(momentum)
+
+
 def moving_average_update(moving: tf.Tensor, batch_value: tf.Tensor, momentum: float) -> tf.Tensor:
     """The new moving statistic: `moving * momentum + batch_value * (1 - momentum)`.
 
@@ -134,11 +147,44 @@ def moving_average_update(moving: tf.Tensor, batch_value: tf.Tensor, momentum: f
     Raises:
         ValueError: momentum outside [0, 1).
     """
-    if isinstance(momentum, bool) or not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(
-            f"momentum must be in [0, 1) (0.99 keeps 99% of the moving value at "
-            f"each step), got {momentum!r}."
-        )
+    _check_momentum(momentum)
     moving = tf.convert_to_tensor(moving)
     batch_value = tf.cast(batch_value, moving.dtype)
     return moving * momentum + batch_value * (1.0 - momentum)
+
+
+def bias_corrected_update(
+    estimate: tf.Tensor, batch_value: tf.Tensor, momentum: float, count: tf.Tensor
+) -> tf.Tensor:
+    """The bias-corrected moving statistic after update number `count` (1, 2, ...).
+
+    Adam's correction (Kingma & Ba 2015) of an average m_t = momentum * m_{t-1} +
+    (1 - momentum) * x_t started at m_0 = 0 is m_t / (1 - momentum^t). It is kept as the
+    corrected estimate itself, e_t = m_t / (1 - momentum^t), which obeys
+
+        w_t = (1 - momentum) / (1 - momentum^t)
+        e_t = e_{t-1} * (1 - w_t) + x_t * w_t
+
+    (m_t = momentum * (1 - momentum^(t-1)) e_{t-1} + (1 - momentum) x_t, divided by
+    1 - momentum^t; the two weights sum to 1). So a moving-statistics variable holds the value
+    inference uses at every step, as with the plain average, and no zero-started accumulator
+    is stored: w_1 = 1, so the first update replaces the initial value by the first batch's
+    statistics, and e_t is the average of x_1..x_t with weights (1 - momentum) momentum^(t-k)
+    / (1 - momentum^t). w_t is computed in float64 from `count`, then cast to `estimate`'s dtype.
+
+    Args:
+        estimate: e_{t-1} (any value when count is 1: its weight is 0).
+        batch_value: x_t, cast to estimate's dtype.
+        momentum: in [0, 1), Keras' convention.
+        count: t >= 1, the number of updates including this one (an integer tensor or int).
+
+    Returns:
+        e_t in estimate's dtype.
+    """
+    momentum = _check_momentum(momentum)
+    estimate = tf.convert_to_tensor(estimate)
+    t = tf.cast(count, tf.float64)
+    tf.debugging.assert_positive(t, "bias_corrected_update: count must be >= 1")
+    weight = (1.0 - momentum) / (1.0 - tf.pow(tf.constant(momentum, tf.float64), t))
+    weight = tf.cast(weight, estimate.dtype)
+    return estimate * (1.0 - weight) + tf.cast(batch_value, estimate.dtype) * weight

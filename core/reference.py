@@ -128,3 +128,37 @@ def weight_norm_grads(v, g, dw):
     u = v / norm
     dg = np.sum(dw * u, axis=axes)
     return g / norm * (dw - u * dg), dg
+
+
+def moving_average(batch_values, momentum, initial):
+    """The plain moving average after each batch: m_t = momentum * m_{t-1} + (1 - momentum) x_t,
+    m_0 = initial. Returns [m_1, ..., m_T]."""
+    m, out = np.asarray(initial, np.float64), []
+    for x in batch_values:
+        m = momentum * m + (1.0 - momentum) * np.asarray(x, np.float64)
+        out.append(m)
+    return out
+
+
+def bias_corrected_moving_average(batch_values, momentum):
+    """Adam's bias-corrected average after each batch, as Kingma & Ba write it: a zero-started
+    accumulator m_t = momentum * m_{t-1} + (1 - momentum) x_t, divided by 1 - momentum^t.
+    Returns [m_1 / (1 - momentum), ..., m_T / (1 - momentum^T)]."""
+    accumulated = moving_average(batch_values, momentum, 0.0)
+    return [m / (1.0 - momentum ** (t + 1)) for t, m in enumerate(accumulated)]
+
+
+def population_statistics(batches, axes):
+    """(mean, biased variance) over `axes` of every value of every batch: NumPy's mean and var
+    of the batches concatenated along axis 0 (axes must include 0)."""
+    values = np.concatenate([np.asarray(b, np.float64) for b in batches], axis=0)
+    return values.mean(axis=axes), values.var(axis=axes)
+
+
+def averaged_batch_statistics(batches, axes):
+    """Precise BN's estimate from per-batch statistics, for batches of equal size: the average
+    of the batch means, and the average of the batch variances plus the variance of the batch
+    means (the law of total variance; equals population_statistics for equal sizes)."""
+    means = np.stack([np.asarray(b, np.float64).mean(axis=axes) for b in batches])
+    variances = np.stack([np.asarray(b, np.float64).var(axis=axes) for b in batches])
+    return means.mean(axis=0), variances.mean(axis=0) + means.var(axis=0)

@@ -67,6 +67,7 @@ class CNN(tf.Module):
                 eps=config.norm_eps,
                 groups=config.groups,
                 momentum=config.bn_momentum,
+                moving_average=config.bn_moving_average,
                 backward=config.norm_backward,
                 synchronized=config.sync_batch_norm,
                 name=name,

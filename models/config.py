@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from normlab.core import registry
+from normlab.core.batch_norm import MOVING_AVERAGES
 
 # The networks: two CNNs (models/cnn.py) and an LSTM over the image's rows (models/lstm.py).
 ARCHS = ("default", "course", "lstm")
@@ -128,6 +129,13 @@ class ModelConfig:
     bn_momentum: float = setting(
         0.99, "Batch norm moving-average momentum (Keras convention).", minimum=0.0, below=1.0
     )
+    bn_moving_average: str = setting(
+        "plain",
+        "Batch norm's moving averages: plain (Keras': they start at mean 0, variance 1) or "
+        "bias_corrected (Adam's correction, divided by 1 - momentum^t after t updates: the "
+        "first update takes the batch's statistics).",
+        choices=MOVING_AVERAGES,
+    )
     norm_eps: float = setting(
         1e-3, "eps of every norm, added to the variance inside the root.", above=0.0
     )
@@ -178,6 +186,8 @@ class ModelConfig:
             raise ConfigError(
                 "--recurrent_gain applies to --arch=lstm with --norm=batch only; drop it."
             )
+        if self.bn_moving_average != ModelConfig.bn_moving_average and self.norm != "batch":
+            raise ConfigError("--bn_moving_average applies to --norm=batch only; drop it.")
         if self.wn_init == "data" and self.norm != "weight":
             raise ConfigError("--wn_init=data applies to --norm=weight only.")
         if self.arch == "lstm":

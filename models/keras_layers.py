@@ -34,7 +34,12 @@ class BatchNormalization(Norm):
     and biased variance over every axis but `axis` (core.batch_norm_and_moments, the closed
     form), and the float32 moving statistics move:
     `moving = moving * momentum + batch * (1 - momentum)` (core.moving_average_update).
+    With `moving_average="bias_corrected"` (normlab's; not a Keras argument) they move by
+    core.bias_corrected_update instead, Adam's correction with t = moving_count + 1 (the first
+    update takes the batch's statistics), and a fifth weight, moving_count (int64, the number
+    of updates), follows moving_variance; the default "plain" keeps Keras' four weights.
     Otherwise y uses the moving statistics (core.batch_norm_inference), which do not change.
+    models.recompute_batch_norm_statistics replaces them by precise population statistics.
     Keras' rule that a non-trainable BatchNormalization runs in inference mode is kept, so
     fine-tuning recipes behave as with Keras' layer. A channel axis other than the last is
     transposed last and back (core takes [N, ..., C]).
@@ -45,11 +50,13 @@ class BatchNormalization(Norm):
     then the same on every replica (aggregation ONLY_FIRST_REPLICA; MEAN when unsynchronized).
 
     Args: those of keras.layers.BatchNormalization (axis, momentum, epsilon, center, scale,
-    the initializers, regularizers and constraints, synchronized), same defaults. momentum
-    must be in [0, 1). Batch renormalization (`renorm=True`) and masks are not implemented:
-    they raise ValueError naming Keras' layer, which has them.
+    the initializers, regularizers and constraints, synchronized), same defaults, plus
+    moving_average ("plain" or "bias_corrected"). momentum must be in [0, 1). Batch
+    renormalization (`renorm=True`) and masks are not implemented: they raise ValueError
+    naming Keras' layer, which has them.
 
-    Weights: gamma, beta, moving_mean, moving_variance, each [C] (C = input_shape[axis]).
+    Weights: gamma, beta, moving_mean, moving_variance, each [C] (C = input_shape[axis]),
+    and with moving_average="bias_corrected" moving_count (a scalar).
     """
 
     def __init__(
@@ -71,9 +78,15 @@ class BatchNormalization(Norm):
         renorm_clipping=None,
         renorm_momentum=0.99,
         synchronized=False,
+        moving_average="plain",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if moving_average not in core.MOVING_AVERAGES:
+            raise ValueError(
+                f"BatchNormalization: moving_average must be one of "
+                f"{', '.join(core.MOVING_AVERAGES)}, got {moving_average!r}."
+            )
         if renorm:
             raise ValueError(
                 "normlab's BatchNormalization does not implement batch renormalization "
@@ -90,6 +103,8 @@ class BatchNormalization(Norm):
         self.momentum = float(momentum)
         self.epsilon = check_epsilon(epsilon, "BatchNormalization")
         self.synchronized = bool(synchronized)
+        self.moving_average = moving_average
+        self.collector = None  # models.population: a list collecting batch statistics
         self._affine_init(
             center,
             scale,
@@ -124,6 +139,17 @@ class BatchNormalization(Norm):
                 aggregation=aggregation,
             )
             setattr(self, name, weight)
+        self.moving_count = None
+        if self.moving_average == "bias_corrected":
+            self.moving_count = self.add_weight(
+                shape=(),
+                dtype="int64",
+                name="moving_count",
+                initializer="zeros",
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+            )
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: channels})
         # core takes [N, ..., C]: another channel axis is moved last and back.
         order = [a for a in range(rank) if a != channel_axis] + [channel_axis]
@@ -146,9 +172,7 @@ class BatchNormalization(Norm):
             )
             y, mean, variance = batch_norm(x, gamma, beta, self.epsilon)
             # The moving averages are bookkeeping, not part of the differentiated function.
-            for moving, batch in [(self.moving_mean, mean), (self.moving_variance, variance)]:
-                update = core.moving_average_update(moving, tf.stop_gradient(batch), self.momentum)
-                moving.assign(update)
+            self._update_moving(tf.stop_gradient(mean), tf.stop_gradient(variance), x)
         else:
             y = core.batch_norm_inference(
                 x, self.moving_mean, self.moving_variance, gamma, beta, self.epsilon
@@ -156,8 +180,26 @@ class BatchNormalization(Norm):
         y = y if self._from_last is None else tf.transpose(y, self._from_last)
         return tf.cast(y, self.compute_dtype)
 
+    def _update_moving(self, mean, variance, x) -> None:
+        """The moving statistics' update (or, while collecting, the batch's statistics with
+        the number of values per channel appended to `collector`)."""
+        if self.collector is not None:
+            self.collector.append((mean, variance, tf.reduce_prod(tf.shape(x)[:-1])))
+            return
+        count = None
+        if self.moving_count is not None:
+            count = tf.convert_to_tensor(self.moving_count) + 1
+        for moving, batch in [(self.moving_mean, mean), (self.moving_variance, variance)]:
+            if count is None:
+                update = core.moving_average_update(moving, batch, self.momentum)
+            else:
+                update = core.bias_corrected_update(moving, batch, self.momentum, count)
+            moving.assign(update)
+        if count is not None:
+            self.moving_count.assign(count)
+
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "axis": self.axis,
             "momentum": self.momentum,
@@ -172,6 +214,9 @@ class BatchNormalization(Norm):
             "renorm_clipping": None,
             "renorm_momentum": 0.99,
         }
+        if self.moving_average != "plain":  # Keras' own config has no such key
+            config["moving_average"] = self.moving_average
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

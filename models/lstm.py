@@ -118,6 +118,7 @@ class LSTM(tf.Module):
                 impl=config.norm_impl,
                 eps=config.norm_eps,
                 momentum=config.bn_momentum,
+                moving_average=config.bn_moving_average,
                 backward=config.norm_backward,
                 synchronized=config.sync_batch_norm,
                 name=name,
@@ -204,7 +205,9 @@ class LSTM(tf.Module):
                 statistics.setdefault(name, []).append(stats)
         for name, stats in statistics.items():
             # Training with per-step moving statistics: one update per sequence.
-            getattr(self, name).update(*(tf.concat(s, axis=0) for s in zip(*stats)))
+            getattr(self, name).update(
+                *(tf.concat(s, axis=0) for s in zip(*stats)), examples=tf.shape(x)[0]
+            )
         h = state[0]
         return tf.cast(self.logits(h), tf.float32), trace
 

@@ -55,8 +55,15 @@ class BatchNorm(tf.Module):
     """Batch norm over every axis but the last, with float32 moving statistics.
 
     Training: y uses the batch's mean and biased variance, and the moving statistics move
-    towards them: moving = moving * momentum + batch * (1 - momentum). Inference: y uses the
-    moving statistics, which do not change. `training` is a required argument.
+    towards them: moving = moving * momentum + batch * (1 - momentum) with
+    moving_average="plain" (Keras'); with "bias_corrected", by core.bias_corrected_update with
+    t = moving_count + 1 (Adam's correction: the first update takes the batch's statistics, and
+    moving_count, a checkpointed int64, counts the updates). Inference: y uses the moving
+    statistics, which do not change. `training` is a required argument.
+
+    While `collector` is a list (models.population sets it for precise batch norm), a
+    training-mode call appends (mean, variance, count) of its batch statistics to it instead of
+    moving anything: count is the number of values per channel (N, or N*H*W).
 
     The module is given its functions: `train_fn(x, gamma, beta, eps) -> (y, mean, variance)`
     and `inference_fn(x, mean, variance, gamma, beta, eps) -> y` (core's by default; a built-in,
@@ -83,13 +90,17 @@ class BatchNorm(tf.Module):
         train_fn: Callable = core.batch_norm_and_moments,
         inference_fn: Callable = core.batch_norm_inference,
         synchronized: bool = False,
+        moving_average: str = "plain",
         name: str | None = None,
     ):
         super().__init__(name=name)
         if not isinstance(synchronized, bool):
             raise TypeError(f"synchronized must be True or False, got {synchronized!r}")
+        check_moving_average(moving_average)
         self.momentum = momentum
         self.eps = eps
+        self.moving_average = moving_average
+        self.collector = None
         self.train_fn = train_fn
         self.inference_fn = inference_fn
         aggregation = (
@@ -105,6 +116,7 @@ class BatchNorm(tf.Module):
         self.moving_variance = tf.Variable(
             tf.ones([channels]), trainable=False, name="moving_variance", aggregation=aggregation
         )
+        self.moving_count = update_counter([], moving_average)
 
     def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
         if not training:
@@ -113,11 +125,62 @@ class BatchNorm(tf.Module):
             )
         y, mean, variance = self.train_fn(x, self.gamma, self.beta, self.eps)
         # The moving averages are bookkeeping, not part of the function being differentiated.
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            moving.assign(
-                core.moving_average_update(moving, tf.stop_gradient(batch), self.momentum)
-            )
+        mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+        if self.collector is not None:
+            count = tf.reduce_prod(tf.shape(x)[:-1])
+            self.collector.append((mean, variance, count))
+            return y
+        update_moving(self, mean, variance)
         return y
+
+
+def check_moving_average(moving_average) -> None:
+    if moving_average not in core.MOVING_AVERAGES:
+        raise ValueError(
+            f"moving_average must be one of {', '.join(core.MOVING_AVERAGES)}, "
+            f"got {moving_average!r}"
+        )
+
+
+def update_counter(shape, moving_average: str) -> tf.Variable | None:
+    """The count of moving-average updates a bias-corrected average needs (int64 zeros of
+    `shape`, checkpointed as moving_count), None for the plain average. Every replica counts
+    the same updates, so the first replica's value is exact."""
+    if moving_average != "bias_corrected":
+        return None
+    return tf.Variable(
+        tf.zeros(shape, tf.int64),
+        trainable=False,
+        name="moving_count",
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
+
+
+def update_moving(module, mean: tf.Tensor, variance: tf.Tensor, rows: int | None = None) -> None:
+    """Moves `module`'s moving_mean / moving_variance towards the batch's (mean, variance) by
+    its moving_average rule: all of them, or (rows given) their first `rows` rows only, each row
+    with its own count (per-time-step statistics). One assignment per variable."""
+    counter = module.moving_count
+    count = None if counter is None else tf.convert_to_tensor(counter)
+    if count is not None:
+        count = (count if rows is None else count[:rows]) + 1
+    for moving, batch in ((module.moving_mean, mean), (module.moving_variance, variance)):
+        value = tf.convert_to_tensor(moving)
+        if count is None:
+            new = core.moving_average_update(value[:rows], batch, module.momentum)
+        else:  # one count per row: [rows, 1] against [rows, C]; a scalar against [C]
+            t = count if count.shape.rank == 0 else count[:, tf.newaxis]
+            new = core.bias_corrected_update(value[:rows], batch, module.momentum, t)
+        moving.assign(_with_rest(new, value, rows))
+    if counter is not None:
+        counter.assign(_with_rest(count, tf.convert_to_tensor(counter), rows))
+
+
+def _with_rest(new: tf.Tensor, value: tf.Tensor, rows: int | None) -> tf.Tensor:
+    """`new` (the first `rows` rows) followed by value's other rows."""
+    if rows is None or rows == value.shape[0]:
+        return new
+    return tf.concat([new, value[rows:]], axis=0)
 
 
 def global_statistics(synchronized: bool) -> bool:
@@ -143,6 +206,7 @@ def make_norm(
     momentum: float = 0.99,
     backward: str = "closed_form",
     synchronized: bool = False,
+    moving_average: str = "plain",
     name: str | None = None,
 ) -> tf.Module:
     """The module applying registry entry `norm` to activations with `channels` channels.
@@ -156,6 +220,7 @@ def make_norm(
         backward: the gradient of normlab's closed-form norms (core/closed_form.py).
         synchronized: under tf.distribute with several replicas, statistics of the global
             batch (batch norm); ignored on one replica (global_statistics).
+        moving_average: "plain" or "bias_corrected" (norms with moving statistics; BatchNorm).
     """
     if norm.target != registry.ACTIVATIONS:
         raise ValueError(f"{norm.name} norm applies to kernels, not activations")
@@ -173,6 +238,7 @@ def make_norm(
             train_fn=train_fn,
             inference_fn=implementation.inference,
             synchronized=synchronized,
+            moving_average=moving_average,
             name=name,
         )
     group_count = largest_divisor_at_most(channels, groups) if norm.grouped else None

@@ -16,7 +16,12 @@ import tensorflow as tf
 
 from normlab import core
 from normlab.core import registry
-from normlab.models.norms import global_statistics
+from normlab.models.norms import (
+    check_moving_average,
+    global_statistics,
+    update_counter,
+    update_moving,
+)
 
 # Cooijmans et al. (section 4): gain 1 saturates the gates and the gradient through time
 # vanishes; 0.1 keeps it flowing.
@@ -45,6 +50,10 @@ class RecurrentBatchNorm(tf.Module):
     `normalize` returns each step's batch statistics and `update` folds a whole sequence's into
     the moving averages with one assignment per variable (under tf.distribute: one aggregation
     per sequence, not one per step). `__call__` does both for a sequence given at once.
+    moving_average="bias_corrected" keeps a count of updates per step (moving_count, [steps]
+    int64) and updates step t by core.bias_corrected_update with its own count, as
+    models.BatchNorm does. While `collector` is a list (models.population, precise batch norm),
+    `update` appends (mean, variance, N) to it instead ([L, C] statistics of N examples).
 
     The module is given its functions, as models.BatchNorm is: `train_fn(x, gamma, beta, eps)
     -> (y, mean, variance)` (normlab's, a built-in, or a synchronized variant) and
@@ -63,6 +72,7 @@ class RecurrentBatchNorm(tf.Module):
         momentum: in [0, 1), Keras' convention.
         eps: > 0, inside the root.
         synchronized: train_fn computes the global batch's statistics under tf.distribute.
+        moving_average: "plain" (Keras') or "bias_corrected" (Adam's correction).
         name: the module's name.
     """
 
@@ -78,9 +88,11 @@ class RecurrentBatchNorm(tf.Module):
         momentum: float = 0.99,
         eps: float = 1e-3,
         synchronized: bool = False,
+        moving_average: str = "plain",
         name: str | None = None,
     ):
         super().__init__(name=name)
+        check_moving_average(moving_average)
         for arg, value in (("channels", channels), ("steps", steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
@@ -91,6 +103,7 @@ class RecurrentBatchNorm(tf.Module):
         self.channels, self.steps = channels, steps
         self.momentum, self.eps = float(momentum), eps
         self.train_fn, self.inference_fn = train_fn, inference_fn
+        self.moving_average, self.collector = moving_average, None
         aggregation = (
             tf.VariableAggregation.ONLY_FIRST_REPLICA
             if synchronized
@@ -110,6 +123,7 @@ class RecurrentBatchNorm(tf.Module):
             name="moving_variance",
             aggregation=aggregation,
         )
+        self.moving_count = update_counter([steps], moving_average)
 
     def normalize(
         self, x: tf.Tensor, step: int, *, training: bool
@@ -158,11 +172,16 @@ class RecurrentBatchNorm(tf.Module):
             y, stats = self.inference_fn(flat, mean, variance, gamma, beta, self.eps), None
         return (y if x.shape.rank == 2 else tf.reshape(y, tf.shape(x))), stats
 
-    def update(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
+    def update(self, mean: tf.Tensor, variance: tf.Tensor, examples=None) -> None:
         """Moves the moving statistics of steps 0, ..., L - 1 towards a sequence's batch
         statistics (mean and variance [L, C], L <= steps); the other steps are unchanged.
 
-            moving[t] <- moving[t] * momentum + batch[t] * (1 - momentum),   t < L
+            plain:          moving[t] <- moving[t] * momentum + batch[t] * (1 - momentum)
+            bias_corrected: moving[t] <- core.bias_corrected_update(moving[t], batch[t],
+                                          momentum, count[t] + 1);  count[t] += 1
+
+        for t < L. `examples` (N) is what a collector records with the statistics; without it
+        no collector may be set.
         """
         length = mean.shape[0]
         if length is None or not 1 <= length <= self.steps or variance.shape[0] != length:
@@ -170,19 +189,20 @@ class RecurrentBatchNorm(tf.Module):
                 f"{self.name}: update needs mean and variance of the same 1 to {self.steps} "
                 f"steps, got shapes {mean.shape.as_list()} and {variance.shape.as_list()}"
             )
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            # Bookkeeping, not part of the function being differentiated.
-            value = tf.convert_to_tensor(moving)
-            new = core.moving_average_update(value[:length], tf.stop_gradient(batch), self.momentum)
-            if length < self.steps:
-                new = tf.concat([new, value[length:]], axis=0)
-            moving.assign(new)
+        # Bookkeeping, not part of the function being differentiated.
+        mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+        if self.collector is not None:
+            if examples is None:
+                raise ValueError(f"{self.name}: collecting statistics needs their example count")
+            self.collector.append((mean, variance, examples))
+            return
+        update_moving(self, mean, variance, rows=length)
 
     def __call__(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
         """A whole sequence [N, S, C] from step 0: normalized, and in training `update`d."""
         y, stats = self.normalize(x, 0, training=training)
         if stats is not None:
-            self.update(*stats)
+            self.update(*stats, examples=tf.shape(x)[0])
         return y
 
     def _beta(self) -> tf.Tensor:
@@ -205,6 +225,7 @@ def recurrent_batch_norm(
     backward: str = "closed_form",
     synchronized: bool = False,
     gain: float = RECURRENT_GAIN,
+    moving_average: str = "plain",
     name: str | None = None,
 ) -> RecurrentBatchNorm:
     """RecurrentBatchNorm with the functions of registry entry `norm` (one with moving
@@ -228,5 +249,6 @@ def recurrent_batch_norm(
         eps=norm.eps if eps is None else eps,
         synchronized=synchronized,
         gain=gain,
+        moving_average=moving_average,
         name=name,
     )
