@@ -12,6 +12,7 @@ from normlab.models.keras_layers import (
 from normlab.models.keras_weight_norm import WeightNormalization
 from normlab.models.layers import Conv2D, Dense
 from normlab.models.norms import BatchNorm, Normalization, make_norm
+from normlab.models.population import recompute_batch_norm_statistics
 
 __all__ = [
     "build_model",
@@ -25,6 +26,7 @@ __all__ = [
     "BatchNorm",
     "Normalization",
     "make_norm",
+    "recompute_batch_norm_statistics",
     "BatchNormalization",
     "GroupNormalization",
     "LayerNormalization",

@@ -19,6 +19,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+POPULATIONS = ("moving_average", "precise")
 FLAGS_FILE = "flags.txt"
 
 
@@ -64,6 +65,25 @@ class Config(ModelConfig):
         "loss once per loop, not once per step. Summaries, logs, validation and checkpoints "
         "still happen at exactly their steps (a loop ends there); the weights are the same "
         "for every value.",
+        minimum=1,
+        resumable=True,
+    )
+    # Batch norm's population statistics.
+    bn_population: str = setting(
+        "moving_average",
+        "Batch norm's statistics for validation and test: moving_average (the moving "
+        "statistics of --bn_moving_average), or precise (Wu & Johnson 2021: recomputed before "
+        "each evaluation with the current weights, as the pooled mean and variance of "
+        "--precise_bn_examples training examples run in training mode; the checkpointed "
+        "moving statistics are left as they are).",
+        choices=POPULATIONS,
+        resumable=True,
+    )
+    precise_bn_examples: int = setting(
+        1000,
+        "--bn_population=precise: training examples (in whole training batches of "
+        "--batch_size, the first of the seed's order, without augmentation) the statistics "
+        "are computed over.",
         minimum=1,
         resumable=True,
     )
@@ -146,6 +166,13 @@ class Config(ModelConfig):
                 "--norm=batch needs --batch_size >= 2: with one example the batch "
                 "variance of a dense layer is 0. Use --norm=layer or group for "
                 "batch size 1."
+            )
+        if self.bn_population == "precise" and self.norm != "batch":
+            raise UsageError("--bn_population=precise applies to --norm=batch only; drop it.")
+        if self.bn_population == "precise" and self.strategy != "default":
+            raise UsageError(
+                "--bn_population=precise runs on one device: use --strategy=default, or "
+                "--bn_population=moving_average with --strategy=" + self.strategy + "."
             )
 
     # -- flagfile --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ replicas and applied once; only the chief (worker 0) writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from normlab import data
-from normlab.models import build_model
+from normlab.models import build_model, population
 from normlab.trainer import checkpoints, distribute, loop, optim, steps, summaries
 from normlab.trainer.config import Config
 from normlab.trainer.errors import NonFiniteError, UsageError
@@ -338,7 +339,22 @@ class Trainer:
         if split not in ("val", "test"):
             raise UsageError(f"split must be val or test, got {split!r}")
         dataset, y = self.splits.eval_batches(split, self.config.eval_batch_size)
-        return steps.evaluate(self.eval_step, dataset, y, self.splits.info.num_classes)
+        with self._population_statistics():
+            return steps.evaluate(self.eval_step, dataset, y, self.splits.info.num_classes)
+
+    def _population_statistics(self):
+        """The batch-norm statistics evaluation uses, as a context (--bn_population): the
+        moving ones, or precise ones recomputed now from the first --precise_bn_examples
+        training examples (whole batches, unaugmented) and put back afterwards."""
+        c = self.config
+        if c.bn_population != "precise":
+            return contextlib.nullcontext()
+        if getattr(self, "_precise", None) is None:
+            self._precise = population.for_model(self.model)
+        count = -(-c.precise_bn_examples // c.batch_size)
+        batches = self.splits.train_batches(batch_size=c.batch_size, seed=c.seed).take(count)
+        statistics, _ = self._precise(x for x, _ in batches)
+        return population.using(statistics)
 
     def train_and_evaluate(self) -> dict:
         """Trains to the end, then evaluates on validation and test and merges the results
