@@ -84,12 +84,20 @@ class MetricWriter:
 
     The event file is created on the first write, so opening a run that has nothing to write
     (a finished run started again) leaves its directory as it was.
+
+    Compiled writes, traced once each: every scalar of every dict goes through one tf.function
+    that takes the tags and values as two vectors (any set of tags, no retracing), and the
+    histograms through one tf.function per set of histogram tags (a step with histograms
+    collects the same set every time). Written eagerly, a histogram's bucketing alone took tens
+    of ms per tensor; one tf.function per set of tags instead made each new set (the end of a
+    run writes several) a new trace, and TensorFlow warned about retracing.
     """
 
     def __init__(self, logdir: str):
         self.logdir = logdir
         self._file_writer = None
-        self._compiled = {}  # (tag, rank) of every value -> the tf.function writing such dicts
+        self._scalars = None  # the tf.function writing (tags, values) vectors
+        self._histograms = {}  # (tag, shape, dtype) of every tensor -> the tf.function for them
 
     @property
     def _writer(self):
@@ -98,25 +106,25 @@ class MetricWriter:
         return self._file_writer
 
     def write(self, step: int, metrics: Mapping[str, object]) -> None:
-        """Each rank-0 value as a scalar, each tensor as a histogram, at `step`.
-
-        Compiled once per set of tags: written eagerly, a histogram's bucketing alone took
-        tens of ms per tensor (a step with histograms spent over a second writing them)."""
+        """Each rank-0 value as a scalar (float32, as tf.summary.scalar stores it), each tensor
+        as a histogram, at `step`."""
         values = {tag: tf.convert_to_tensor(v) for tag, v in metrics.items()}
-        key = tuple((tag, v.shape.rank, v.dtype) for tag, v in values.items())
-        if key not in self._compiled:
-            writer = self._writer
-
-            def write_all(step, values):
-                with writer.as_default(step=step):
-                    for tag, value in values.items():
-                        if value.shape.rank == 0:
-                            tf.summary.scalar(tag, value)
-                        else:
-                            tf.summary.histogram(tag, value)
-
-            self._compiled[key] = tf.function(write_all, autograph=False)
-        self._compiled[key](tf.constant(step, tf.int64), values)
+        scalars = {tag: v for tag, v in values.items() if v.shape.rank == 0}
+        tensors = {tag: v for tag, v in values.items() if v.shape.rank != 0}
+        step = tf.constant(step, tf.int64)
+        if scalars:
+            if self._scalars is None:
+                self._scalars = _scalar_writer(self._writer)
+            self._scalars(
+                step,
+                tf.constant(list(scalars), tf.string),
+                tf.stack([tf.cast(v, tf.float32) for v in scalars.values()]),
+            )
+        if tensors:
+            key = tuple((tag, tuple(v.shape), v.dtype) for tag, v in tensors.items())
+            if key not in self._histograms:
+                self._histograms[key] = _histogram_writer(self._writer)
+            self._histograms[key](step, tensors)
 
     def write_hparams(self, hparams: Mapping[str, object]) -> None:
         """The run's settings for TensorBoard's HParams dashboard (a run of its own).
@@ -139,6 +147,44 @@ class MetricWriter:
     def close(self) -> None:
         if self._file_writer is not None:
             self._file_writer.close()
+
+
+def _scalar_writer(writer):
+    """A tf.function writing scalars[i] under tags[i] at step, for any number of them: what
+    tf.summary.scalar writes (its metadata, float32), with the tag a tensor."""
+    from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+    meta = scalar_metadata.create_summary_metadata(display_name=None, description=None)
+
+    def write_scalars(step, tags, scalars):
+        with writer.as_default(step=step):
+
+            def body(i):
+                tf.summary.write(tags[i], scalars[i], step=step, metadata=meta)
+                return (i + 1,)
+
+            tf.while_loop(lambda i: i < tf.size(tags), body, (tf.constant(0),))
+
+    return tf.function(
+        write_scalars,
+        autograph=False,
+        input_signature=(
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([None], tf.float32),
+        ),
+    )
+
+
+def _histogram_writer(writer):
+    """A tf.function writing a dict of tensors as histograms (traced for one set of tags)."""
+
+    def write_histograms(step, tensors):
+        with writer.as_default(step=step):
+            for tag, value in tensors.items():
+                tf.summary.histogram(tag, value)
+
+    return tf.function(write_histograms, autograph=False)
 
 
 class NullWriter:
