@@ -88,9 +88,9 @@ class MetricWriter:
     Compiled writes, traced once each: every scalar of every dict goes through one tf.function
     that takes the tags and values as two vectors (any set of tags, no retracing), and the
     histograms through one tf.function per set of histogram tags (a step with histograms
-    collects the same set every time). Written eagerly, a histogram's bucketing alone took tens
-    of ms per tensor; one tf.function per set of tags instead made each new set (the end of a
-    run writes several) a new trace, and TensorFlow warned about retracing.
+    collects the same set every time). Compiled, because a histogram's bucketing written
+    eagerly costs tens of ms per tensor; not one tf.function per set of tags, because each new
+    set (the end of a run writes several) would be a new trace, which TensorFlow warns about.
     """
 
     def __init__(self, logdir: str):
