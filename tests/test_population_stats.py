@@ -169,3 +169,46 @@ def test_population_moments_refuse_no_batch():
         core.population_moments([], [], [])
     with pytest.raises(tf.errors.InvalidArgumentError, match="no batch"):
         population.finalize(population.empty([3]))
+
+
+def test_a_resumed_training_run_continues_the_count(tmp_path):
+    """The trainer's checkpoint holds moving_count: 3 steps, a new Trainer resuming to 6 ends
+    with the moving statistics of 6 steps in a row (a count restarting at 0 would replace
+    them by step 4's batch statistics)."""
+    import dataclasses
+
+    from normlab.trainer.config import Config
+    from normlab.trainer.trainer import Trainer
+    from tests.fixtures import tiny_splits
+
+    splits = tiny_splits()
+    config = Config(
+        widths=(4,),
+        dense_units=8,
+        batch_size=32,
+        lr_schedule="constant",  # the same rates whether the run is 6 steps or 3 + 3
+        bn_moving_average="bias_corrected",
+        eval_every=100,
+        checkpoint_every=3,
+    )
+
+    def trained(name, steps):
+        trainer = Trainer(
+            dataclasses.replace(config, train_steps=steps),
+            str(tmp_path / name),
+            splits=splits,
+            log=lambda _: None,
+        )
+        trainer.train()
+        trainer.close()
+        return {n: m for n, m in trainer.model.named_layers() if n.endswith("_norm")}
+
+    straight = trained("straight", 6)
+    assert int(trained("resumed", 3)["conv1_norm"].moving_count.numpy()) == 3
+    resumed = trained("resumed", 6)
+    for name, module in straight.items():
+        assert int(resumed[name].moving_count.numpy()) == 6
+        for attr in ("moving_mean", "moving_variance"):
+            np.testing.assert_array_equal(
+                getattr(resumed[name], attr).numpy(), getattr(module, attr).numpy()
+            )
