@@ -41,3 +41,33 @@ def test_a_short_training_prints_no_retracing_warning(tmp_path, idx_dir, arch):
     output = r.stdout + r.stderr
     assert "retracing" not in output, output
     assert "test accuracy" in output
+
+
+def test_the_hparams_table_shows_the_settings_that_tell_runs_apart(tmp_path):
+    """TensorBoard's HParams table ticks five settings: the first five after its server sorts
+    by (not differs, name) and its page moves those flagged `differs` first. Unflagged, these
+    were arch, augment, batch_size, bn_momentum and dataset (alphabetical), which most runs
+    share."""
+    import dataclasses
+
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import backend_context, metadata
+
+    from normlab.trainer.config import Config
+    from normlab.trainer.summaries import HPARAMS_SHOWN, MetricWriter
+
+    settings = [f.name for f in dataclasses.fields(Config) if not f.metadata["resumable"]]
+    assert set(HPARAMS_SHOWN) - {"total_steps"} <= set(settings)
+    writer = MetricWriter(str(tmp_path))
+    writer.write_hparams({name: 1 for name in settings + ["total_steps", "epochs"]})
+    writer.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.EXPERIMENT_TAG]
+    experiment = metadata.parse_experiment_plugin_data(content)
+    backend_context._sort_and_reduce_to_hparams_limit(experiment)  # the server's order
+    infos = sorted(experiment.hparam_infos, key=lambda info: not info.differs)  # the page's
+    shown = [info.name for info in infos[:5]]
+    assert shown == ["arch", "learning_rate", "norm", "seed", "total_steps"]
+    assert [info.name for info in infos if info.differs] == shown
+    assert [m.name.tag for m in experiment.metric_infos][0] == "final/test_accuracy"

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hparams_api
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
 TRAIN_DIR, EVAL_DIR = "train", "eval"
@@ -39,6 +41,11 @@ FINAL_VAL_LOSS = "final/val_loss"
 FINAL_VAL_ACCURACY = "final/val_accuracy"
 FINAL_TEST_LOSS = "final/test_loss"
 FINAL_TEST_ACCURACY = "final/test_accuracy"
+# The HParams dashboard's table shows five settings by default (TensorBoard's
+# tf-hparams-query-pane: the first five after a stable sort that puts those flagged `differs`
+# first, in the server's order, which is by name among equals). These five are flagged, so the
+# settings that tell a report's runs apart are shown; the others are one click away.
+HPARAMS_SHOWN = ("arch", "learning_rate", "norm", "seed", "total_steps")
 # The HParams dashboard's metric columns, in this order, with the run (below the run directory)
 # that holds each: the final test and validation results lead, the training batches' last.
 HPARAMS_METRICS = (
@@ -134,10 +141,8 @@ class MetricWriter:
         runs with the same last path component, or a copy of a run, never merge into one row.
         """
         with self._writer.as_default():
-            hparams_api.hparams_config(
-                hparams=[hparams_api.HParam(name) for name in hparams],
-                metrics=[hparams_api.Metric(tag, group=group) for tag, group in HPARAMS_METRICS],
-            )
+            config = hparams_config_pb(hparams)
+            tf.summary.experimental.write_raw_pb(config.SerializeToString(), step=0)
             hparams_api.hparams(dict(hparams), trial_id="")
 
     def flush(self) -> None:
@@ -147,6 +152,22 @@ class MetricWriter:
     def close(self) -> None:
         if self._file_writer is not None:
             self._file_writer.close()
+
+
+def hparams_config_pb(names) -> summary_pb2.Summary:
+    """The HParams dashboard's configuration (hparams_api.hparams_config's summary): the
+    settings `names`, those of HPARAMS_SHOWN flagged `differs` so the table shows them, and the
+    metrics of HPARAMS_METRICS."""
+    summary = hparams_api.hparams_config_pb(
+        hparams=[hparams_api.HParam(name) for name in names],
+        metrics=[hparams_api.Metric(tag, group=group) for tag, group in HPARAMS_METRICS],
+    )
+    (value,) = summary.value
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in HPARAMS_SHOWN
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return summary
 
 
 def _scalar_writer(writer):
