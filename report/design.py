@@ -31,6 +31,11 @@ from normlab.trainer.config import Config
 # Settings that say where or how a run is kept, not what it computes: not in the hash.
 _NOT_HASHED = ("data_dir", "strategy", "virtual_cpus", "collective_timeout", "startup_timeout",
                "max_to_keep", "checkpoint_every", "log_every", "check_numerics", "steps_per_loop")
+# Settings added to Config after records were made, each with the value that computes what
+# those records computed: left out of the hash at that value (the records stay done), hashed at
+# any other. A new result-defining field goes here or changes every job's hash.
+_HASHED_UNLESS = {"bn_moving_average": "plain", "bn_population": "moving_average",
+                  "precise_bn_examples": 1000}
 _COMMON = dict(dataset="fashion_mnist", optimizer="sgd", momentum=0.9, lr_schedule="cosine",
                warmup_steps=0, norm_eps=1e-3, groups=8, max_to_keep=1, deterministic=True)
 # fmt: on
@@ -138,6 +143,10 @@ class Job:
                 f.name: _plain(getattr(self.config, f.name))
                 for f in dataclasses.fields(self.config)
                 if f.name not in _NOT_HASHED
+                and not (
+                    f.name in _HASHED_UNLESS
+                    and getattr(self.config, f.name) == _HASHED_UNLESS[f.name]
+                )
             }
         return out
 

@@ -241,22 +241,6 @@ def test_the_full_plan_has_its_seeds_and_orders_claims_cheapest_first():
     assert jobs[0] in cheapest
 
 
-def test_shards_are_disjoint_and_cover_the_plan():
-    jobs = design.plan(FULL, "", design.TRAIN_EXAMPLES)
-    parts = [design.shard(jobs, i, 4) for i in range(4)]
-    assert sorted(j.name for p in parts for j in p) == sorted(j.name for j in jobs)
-    assert all(p for p in parts)
-
-
-def test_the_hash_ignores_where_a_run_is_kept_and_follows_what_it_computes():
-    job = next(j for j in design.plan(FULL, "", design.TRAIN_EXAMPLES) if j.kind == "run")
-    moved = dataclasses.replace(
-        job, config=dataclasses.replace(job.config, data_dir="/x", max_to_keep=5)
-    )
-    other = dataclasses.replace(job, config=dataclasses.replace(job.config, norm_eps=1e-5))
-    assert moved.config_hash == job.config_hash != other.config_hash
-
-
 # -- the suite on the tiny preset -------------------------------------------------------------
 
 
