@@ -1,7 +1,7 @@
 """Trains the report's suite and writes REPORT.md from its records (report/results/).
 
 Usage:
-    .venv/bin/python report.py --preset=full --plan        # the jobs and their predicted time
+    .venv/bin/python report.py --preset=full --plan        # the jobs, predicted and measured time
     .venv/bin/python report.py --preset=full               # train what has no record, write
     .venv/bin/python report.py --preset=full --write       # REPORT.md from the records alone
     .venv/bin/python report.py --preset=tiny               # every section in minutes, a fixture
@@ -18,8 +18,6 @@ import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/qui
 
 # isort: split
 from normlab.report import cli
-from normlab.trainer import cli as trainer_cli
 
 if __name__ == "__main__":
-    trainer_cli.parse_flags_or_exit(sys.argv, "report.py", __doc__, cli.FLAG_NAMES)
-    sys.exit(trainer_cli.run_main(cli.main, "report.py"))
+    sys.exit(cli.program(sys.argv, __doc__))

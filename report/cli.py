@@ -10,51 +10,82 @@ from absl import flags
 from normlab.report import design
 from normlab.trainer.errors import UsageError
 
-flags.DEFINE_enum(
-    "preset",
-    "full",
-    list(design.PRESETS),
-    "full: the committed report (records in report/results/full; about an hour and a half on 2 "
-    "cores, see --plan); quick: the same design at a tenth of the budget on the real data; "
-    "tiny: every section in minutes on a small fixture it writes itself (numbers meaningless).",
-)
-flags.DEFINE_string(
-    "root", "", "Scratch run directories (checkpoints, event files); empty: runs/report/<preset>."
-)
-flags.DEFINE_string(
-    "results",
-    "",
-    "Where the records go, one JSON file per job under <results>/<preset>/; empty: report/results "
-    "for --preset=full (committed), <root>/results otherwise.",
-)
-flags.DEFINE_string(
-    "out", "", "Where REPORT.md and figures/ go; empty: report/ for full, else --root."
-)
-flags.DEFINE_string(
-    "data_dir", "", "Fashion-MNIST IDX directory, as train.py's; empty: the Debian package's."
-)
-flags.DEFINE_boolean(
-    "write", False, "Only write REPORT.md and its figures from the records: no training."
-)
-flags.DEFINE_boolean("plan", False, "Only print the jobs and the cost model's time for each.")
-flags.DEFINE_integer(
-    "jobs",
-    1,
-    "Jobs trained at once, each in its own process with its share of the threads.",
-    lower_bound=1,
-)
-flags.DEFINE_string(
-    "shard",
-    "0/1",
-    "I/N: train only every N-th job of the plan from the I-th (0-based), for N machines.",
-)
-flags.DEFINE_boolean(
-    "commit_records",
-    False,
-    "git commit each record as it is written (a long suite on a machine that may go away).",
-)
-flags.DEFINE_boolean("verbose", False, "Also print the trainer's progress lines.")
-FLAGS = flags.FLAGS
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+    """report.py's flags, defined on `fv` (tests use their own FlagValues)."""
+    flags.DEFINE_enum(
+        "preset",
+        "full",
+        list(design.PRESETS),
+        "full: the committed report (records in report/results/full; --plan prints the jobs, "
+        "the cost model's predicted time and the measured one); quick: the same design at a "
+        "tenth of the budget on the real data; tiny: every section in minutes on a small "
+        "fixture it writes itself (numbers meaningless).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "root",
+        "",
+        "Scratch run directories (checkpoints, event files); empty: runs/report/<preset>.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "results",
+        "",
+        "Where the records go, one JSON file per job under <results>/<preset>/; empty: "
+        "report/results for --preset=full (committed), <root>/results otherwise.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "out",
+        "",
+        "Where REPORT.md and figures/ go; empty: report/ for full, else --root.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "data_dir",
+        "",
+        "Fashion-MNIST IDX directory, as train.py's; empty: the Debian package's.",
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        "write",
+        False,
+        "Only write REPORT.md and its figures from the records: no training.",
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        "plan",
+        False,
+        "Only print the jobs, the cost model's predicted time of each and of the suite (one job at "
+        "a time and with --jobs), and the suite's measured time from its sessions.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "jobs",
+        1,
+        "Jobs trained at once, each in its own process with its share of the threads.",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "shard",
+        "0/1",
+        "I/N: train only every N-th job of the plan from the I-th (0-based), for N machines.",
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        "commit_records",
+        False,
+        "git commit each record as it is written (a long suite on a machine that may go away).",
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        "verbose", False, "Also print the trainer's progress lines.", flag_values=fv
+    )
+    return fv
+
+
 FLAG_NAMES = [
     "preset",
     "root",
@@ -102,24 +133,34 @@ def fixture_dir(root: str) -> str:
     return path
 
 
-def main() -> int:
+def program(argv: list[str], doc: str) -> int:
+    """report.py: its flags defined and parsed (help, clean flag errors), then main."""
+    from normlab.trainer import cli as trainer_cli
+
+    fv = define_flags()
+    trainer_cli.parse_flags_or_exit(argv, "report.py", doc, FLAG_NAMES, fv)
+    return trainer_cli.run_main(lambda: main(fv), "report.py")
+
+
+def main(fv: flags.FlagValues = flags.FLAGS) -> int:
+    """What the parsed flags `fv` ask for: --write, --plan, or train what has no record."""
     from normlab.report import records, suite, writer
 
-    preset = design.PRESETS[FLAGS.preset]
-    root, results, out = paths(preset.name, FLAGS.root, FLAGS.results, FLAGS.out)
-    index, count = parse_shard(FLAGS.shard)
-    if FLAGS.write:
+    preset = design.PRESETS[fv.preset]
+    root, results, out = paths(preset.name, fv.root, fv.results, fv.out)
+    index, count = parse_shard(fv.shard)
+    if fv.write:
         path = writer.write(preset, results, out)
         print(f"report: wrote {path} from {len(records.load_all(results, preset.name))} records")
         return 0
-    data_dir = FLAGS.data_dir or (fixture_dir(root) if preset.name == "tiny" else "")
+    data_dir = fv.data_dir or (fixture_dir(root) if preset.name == "tiny" else "")
     from normlab import machine
 
     setup = suite.Setup(preset, root, results, data_dir, out, commit=machine.commit())
     examples = len(suite._splits(setup).train_x)
     jobs = design.shard(design.plan(preset, data_dir, examples), index, count)
-    if FLAGS.plan:
-        print_plan(preset, jobs, results, FLAGS.jobs)
+    if fv.plan:
+        print_plan(preset, jobs, results, fv.jobs)
         return 0
 
     def say(line: str) -> None:
@@ -129,10 +170,10 @@ def main() -> int:
     failures = suite.run_all(
         jobs,
         setup,
-        FLAGS.jobs,
+        fv.jobs,
         say,
-        (lambda line: say(f"    {line}")) if FLAGS.verbose else (lambda _: None),
-        FLAGS.commit_records,
+        (lambda line: say(f"    {line}")) if fv.verbose else (lambda _: None),
+        fv.commit_records,
     )
     path = writer.write(preset, results, out)
     say(f"wrote {path} ({time.perf_counter() - start:.0f} s this session)")
@@ -140,24 +181,35 @@ def main() -> int:
 
 
 def print_plan(preset: design.Preset, jobs: list, results: str, at_once: int) -> None:
+    """The jobs, one a line in columns as wide as their longest entry, each with its predicted
+    time and whether its record exists; then the suite's time: predicted by the cost model
+    (one job at a time, and with `at_once` and the measured sessions' jobs at once), and
+    measured end to end by the sessions of the preset's records (REPORT.md states the same)."""
     from normlab.report import records
     from normlab.trainer.loop import duration
 
     print(f"preset {preset.name}: {preset.description}")
-    total = 0.0
-    print(f"{'#':>3}  {'job':<52} {'sections':<14} {'steps':>6} {'~time':>8}  done")
+    head = ("#", "job", "sections", "steps", "predicted", "done")
+    rows, total, done = [], 0.0, 0
     for i, job in enumerate(jobs, 1):
         seconds = design.seconds(preset, job)
         total += seconds
+        finished = records.is_done(results, preset.name, job)
+        done += finished
         steps = job.config.train_steps if job.config else "-"
-        done = "yes" if records.is_done(results, preset.name, job) else ""
-        print(
-            f"{i:>3}  {job.name:<52} {','.join(job.sections):<14} {steps:>6} "
-            f"{duration(seconds):>8}  {done}"
-        )
-    speedup = design.parallel_speedup(at_once)
+        rows.append((i, job.name, ",".join(job.sections), steps, duration(seconds)))
+        rows[-1] += ("yes" if finished else "",)
+    width = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
+    right = (True, False, False, True, True, False)
+    for r in [head, *rows]:
+        cells = [f"{str(v):>{w}}" if a else f"{str(v):<{w}}" for v, w, a in zip(r, width, right)]
+        print("  ".join(cells).rstrip())
+    measured, measured_at_once = records.measured(records.sessions(results, preset.name))
     print(
-        f"\n{len(jobs)} jobs: {duration(total)} one at a time by the cost model (fixed + steps x "
-        "per step + evaluated examples x per example; coefficients measured on 2 cores, "
-        f"BUILD_NOTES.md); with --jobs={at_once}: {duration(total / speedup)} (x{speedup:g})."
+        f"\n{len(jobs)} jobs, {done} with a record (done).\n"
+        "Predicted by the cost model (fixed + steps x per step + evaluated examples x per "
+        "example; coefficients measured on 2 cores, BUILD_NOTES.md): "
+        f"{design.predicted(total, [at_once, *measured_at_once])}.\n"
+        f"Measured (preset {preset.name}'s sessions, {records.sessions_path(results, preset.name)}"
+        f"; REPORT.md states it): {measured}."
     )

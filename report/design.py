@@ -368,6 +368,18 @@ def parallel_speedup(jobs_at_once: int) -> float:
     return 1.0 if jobs_at_once <= 1 else 1.6
 
 
+def predicted(seconds: float, at_once=(1,)) -> str:
+    """The cost model's prediction of a suite's wall time, labelled: one job at a time, and
+    for each K > 1 in `at_once`, K jobs at once (divided by parallel_speedup(K))."""
+    from normlab.trainer.loop import duration
+
+    text = f"{duration(seconds)} one job at a time"
+    for k in sorted(set(at_once) - {1}):
+        x = parallel_speedup(k)
+        text += f", {duration(seconds / x)} with {k} jobs at once (x{x:g} faster, BUILD_NOTES.md)"
+    return text
+
+
 def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
     """The jobs of shard index/count: every count-th job of the plan from index (0-based).
     Deterministic, so N machines given 0/N .. N-1/N train disjoint jobs that cover the plan."""

@@ -140,3 +140,20 @@ def add_session(results: str, preset: str, session: dict) -> None:
 
 def sessions(results: str, preset: str) -> list[dict]:
     return read_json(os.path.join(directory(results, preset), SESSIONS_FILE)) or []
+
+
+def measured(sessions_: list[dict], bold: str = "") -> tuple[str, list[int]]:
+    """The suite's measured wall time in words (end to end, over how many sessions, with how
+    many jobs at once), `bold` around the time; and the jobs at once its sessions ran with."""
+    from normlab.trainer.loop import duration
+
+    if not sessions_:
+        return "not measured (no session recorded)", []
+    wall = sum(s.get("seconds", 0.0) for s in sessions_)
+    at_once = sorted({s.get("jobs_at_once", 1) for s in sessions_})
+    n, k = len(sessions_), "/".join(map(str, at_once))
+    text = (
+        f"{bold}{duration(wall)}{bold} end to end over {n} session{'s' if n > 1 else ''} with "
+        f"{k} job{'s' if at_once != [1] else ''} at once"
+    )
+    return text, at_once

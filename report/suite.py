@@ -119,8 +119,9 @@ def _train(job, setup: Setup, splits, log) -> dict:
     earlier = (records.read_json(os.path.join(run_dir, WALL_FILE)) or {}).get("wall_seconds", 0.0)
     start = time.perf_counter()
     status, step = records.COMPLETE, None
-    # A scratch run killed before its first checkpoint starts over (its own directory).
-    trainer = Trainer(job.config, run_dir, splits=splits, log=log, start_over=True)
+    # Resumes from its checkpoint; one killed before its first checkpoint starts again from
+    # step 0 by itself (start_over=True would set aside a run that has checkpoints).
+    trainer = Trainer(job.config, run_dir, splits=splits, log=log)
     try:
         trainer.train_and_evaluate()
     except NonFiniteError as e:
@@ -216,10 +217,11 @@ def run_all(jobs, setup: Setup, jobs_at_once: int, say, trainer_log, commit: boo
     todo = [j for j in jobs if j not in done]
     existing = records.load_all(setup.results, preset.name)
     estimator = Estimator(preset, [(j, existing[j.name]) for j in done if j.name in existing])
+    eta = sum(map(estimator.seconds, todo)) / design.parallel_speedup(jobs_at_once)
     say(
         f"{len(jobs)} jobs: {len(done)} done (records in "
-        f"{records.directory(setup.results, preset.name)}), {len(todo)} to do, about "
-        f"{duration(sum(map(estimator.seconds, todo)) / jobs_at_once)} with {jobs_at_once} at once"
+        f"{records.directory(setup.results, preset.name)}), {len(todo)} to do, predicted "
+        f"{duration(eta)} with {jobs_at_once} at once"
     )
     session = {
         "id": uuid.uuid4().hex[:8],

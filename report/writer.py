@@ -76,9 +76,8 @@ def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, 
     commits = collections.Counter(r["commit"] for r in ctx.records)
     cpus = collections.Counter(r["cpu"] for r in ctx.records)
     tfs = sorted({r["tensorflow"] for r in ctx.records})
-    wall = sum(s.get("seconds", 0.0) for s in sessions)
     planned, total = sum(design.seconds(p, j) for j in jobs), len(jobs)
-    jobs_at_once = sorted({s.get("jobs_at_once", 1) for s in sessions})
+    measured, at_once = records.measured(sessions, bold="**")
     return _section(
         "# normlab: which normalization, and why",
         f"Written by `report.py --preset={p.name} --write` from the {len(ctx.records)} records in "
@@ -92,9 +91,8 @@ def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, 
         + ".\n"
         f"- Machine: {', '.join(f'{c} ({n} records)' for c, n in cpus.most_common())}; "
         f"TensorFlow {', '.join(tfs)}.\n"
-        f"- Suite wall time, measured end to end: **{duration(wall)}** over {len(sessions)} "
-        f"session(s), {'/'.join(map(str, jobs_at_once)) or '1'} job(s) at once; the cost model "
-        f"of `--plan` predicted {duration(planned)} for one job at a time.",
+        f"- Suite wall time: measured {measured}; predicted by the cost model of `--plan`: "
+        f"{design.predicted(planned, at_once)}.",
     )
 
 

@@ -5,12 +5,13 @@ import dataclasses
 import filecmp
 import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from normlab.report import claims, design, records, stats, suite, tables, writer
+from normlab.report import claims, cli, design, records, stats, suite, tables, writer
 from tests.fixtures import ROOT, write_idx_dataset
 
 FULL = design.PRESETS["full"]
@@ -106,16 +107,8 @@ def _records_for(claim: claims.Claim, a: list[float], b: list[float]) -> list[di
     if claim.metric == claims.MS:
         rounds = {claim.a["measure"]: a, claim.b["measure"]: b}
         return [
-            dict(
-                name="cost",
-                kind="cost",
-                sections=["cost"],
-                result={"ms_per_step": rounds},
-                commit="t",
-                cpu="t",
-                tensorflow="t",
-                config_hash="x",
-            )
+            dict(name="cost", kind="cost", sections=["cost"], result={"ms_per_step": rounds},
+                 commit="t", cpu="t", tensorflow="t", config_hash="x")  # fmt: skip
         ]
     return [_record(claim.a, s, v, claim.metric) for s, v in enumerate(a)] + [
         _record(claim.b, s, v, claim.metric) for s, v in enumerate(b)
@@ -241,6 +234,62 @@ def test_the_full_plan_has_its_seeds_and_orders_claims_cheapest_first():
     assert jobs[0] in cheapest
 
 
+def test_plan_columns_are_as_wide_as_their_longest_entry(capsys, tmp_path):
+    """--plan with job names longer than any fixed width (the wn_init jobs', and longer):
+    every column starts (or, right-aligned, ends) where its header does."""
+    from normlab.trainer.loop import duration
+
+    jobs = design.plan(FULL, "", design.TRAIN_EXAMPLES)
+    jobs.append(dataclasses.replace(jobs[1], name="a_job_name_" + "x" * 80))
+    cli.print_plan(FULL, jobs, str(tmp_path), 1)
+    head, *lines = capsys.readouterr().out.splitlines()[1:]
+    job_at, sections_at = head.index("job"), head.index("sections")
+    steps_end, time_end = head.index("steps") + 5, head.index("predicted") + 9
+    for job, line in zip(jobs, lines, strict=False):
+        assert line[job_at:].startswith(job.name + " ") and line[sections_at - 2] == " ", line
+        assert line[sections_at:].startswith(",".join(job.sections)), line
+        steps = job.config.train_steps if job.config else "-"
+        assert line[:steps_end].endswith(f" {steps}"), line
+        assert line[:time_end].endswith(f" {duration(design.seconds(FULL, job))}"), line
+
+
+def test_plan_and_report_state_the_same_labelled_times(capsys, tmp_path):
+    """The prediction once per number of jobs at once (--jobs=1 no longer repeats it), the
+    measured time with its sessions and jobs at once, and REPORT.md saying the same."""
+    from normlab.trainer.loop import duration
+
+    jobs = design.plan(FULL, "", design.TRAIN_EXAMPLES)
+    total = duration(sum(design.seconds(FULL, j) for j in jobs))
+    cli.print_plan(FULL, jobs, str(tmp_path), 1)  # no records, no sessions
+    alone = capsys.readouterr().out
+    assert alone.count(total) == 1 and "at once (x" not in alone
+    assert f"{total} one job at a time." in alone and "not measured (no session" in alone
+    cli.print_plan(FULL, jobs, os.path.join(ROOT, "report", "results"), 2)
+    out = capsys.readouterr().out
+    assert f"{len(jobs)} jobs, {len(jobs)} with a record (done)." in out
+    predicted = re.search(r"BUILD_NOTES\.md\): (.*)\.\n", out).group(1)
+    measured = re.search(r"REPORT\.md states it\): (.*)\.\n", out).group(1)
+    assert predicted.startswith(f"{total} one job at a time, ") and predicted.count(":") == 4
+    assert "with 2 jobs at once" in predicted and "end to end over 2 sessions with 2" in measured
+    with open(os.path.join(ROOT, "report", "REPORT.md")) as fh:
+        report = fh.read().replace("**", "")
+    assert f"measured {measured}; predicted by the cost model of `--plan`: {predicted}." in report
+
+
+def test_help_states_no_time_of_its_own():
+    """The full preset's help pointed at an invented "about an hour and a half"; --plan
+    prints the prediction and the measurement."""
+    from absl import flags
+
+    from normlab.trainer import cli as trainer_cli
+
+    values = cli.define_flags(flags.FlagValues())
+    values(["report.py"])
+    text = " ".join(trainer_cli.usage("report.py", "", cli.FLAG_NAMES, values).split())
+    assert "--plan prints the jobs" in text
+    assert not re.search(r"hour|\d:\d\d:\d\d", text), text
+
+
 # -- the suite on the tiny preset -------------------------------------------------------------
 
 
@@ -284,16 +333,8 @@ def tiny(tmp_path_factory):
     assert not records.is_done(setup.results, preset.name, crash)
     lines, log = [], []
     failures = suite.run_all(pick, setup, 1, lines.append, log.append, commit=False)
-    return dict(
-        setup=setup,
-        jobs=pick,
-        plan=plan,
-        lines=lines,
-        log=log,
-        failures=failures,
-        crash=crash,
-        base=base,
-    )
+    return dict(setup=setup, jobs=pick, plan=plan, lines=lines, log=log, failures=failures,
+                crash=crash, base=base)  # fmt: skip
 
 
 def test_records_hold_what_the_report_needs(tiny):
@@ -304,19 +345,9 @@ def test_records_hold_what_the_report_needs(tiny):
     assert diverged["status"] == "diverged" and diverged["diverged_at_step"] >= 1
     assert diverged["final"] is None
     for r in by.values():
-        for key in (
-            "config",
-            "config_hash",
-            "sections",
-            "curve",
-            "inside",
-            "ms_per_step",
-            "wall_seconds",
-            "commit",
-            "cpu",
-            "tensorflow",
-            "train_examples",
-        ):
+        keys = ("config", "config_hash", "sections", "curve", "inside", "ms_per_step",
+                "wall_seconds", "commit", "cpu", "tensorflow", "train_examples")  # fmt: skip
+        for key in keys:
             assert key in r, key
         assert "data_dir" not in r["config"]
     done = [r for r in by.values() if r["status"] == "complete"]
@@ -383,21 +414,32 @@ def test_the_committed_report_is_regenerated_byte_for_byte(tmp_path):
     )
 
 
-def test_report_program_plan_write_and_bad_shard(tmp_path):
-    def run(*args):
-        return subprocess.run(
-            [sys.executable, os.path.join(ROOT, "report.py"), *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+def test_report_program_plans_for_real(tmp_path):
+    """report.py itself (the one test that spawns it): --plan of the tiny preset."""
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "report.py"), "--preset=tiny", "--plan", "--jobs=2",
+         f"--root={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "one job at a time, " in r.stdout and " with 2 jobs at once (x1.6" in r.stdout
 
-    bad = run("--shard=4/4", "--plan")
-    assert bad.returncode == 2 and "--shard=4/4" in bad.stderr and "Traceback" not in bad.stderr
-    written = run("--preset=tiny", "--write", f"--root={tmp_path}")
-    assert written.returncode == 0, written.stderr
+
+def test_report_main_writes_and_refuses_a_bad_shard(capsys, tmp_path):
+    from absl import flags
+
+    from normlab.trainer import cli as trainer_cli
+
+    def parsed(*args):
+        values = cli.define_flags(flags.FlagValues())
+        values(["report.py", *args])
+        return values
+
+    bad = parsed("--shard=4/4", "--plan")
+    assert trainer_cli.run_main(lambda: cli.main(bad), "report.py") == 2
+    err = capsys.readouterr().err
+    assert "--shard=4/4: expected I/N with 0 <= I < N" in err and "Traceback" not in err
+    assert cli.main(parsed("--preset=tiny", "--write", f"--root={tmp_path}")) == 0
     assert os.path.isfile(tmp_path / "REPORT.md")
 
 

@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from normlab.report import claims, design, records, stats, tables, writer
+from normlab.report import claims, cli, design, records, stats, suite, tables, writer
 from normlab.trainer.config import Config
 from tests.fixtures import ROOT
 
@@ -149,6 +149,23 @@ def test_shard_i_of_n_is_every_nth_job_of_the_plan_from_i():
         for index in range(count):
             assert design.shard(jobs, index, count) == jobs[index::count], (index, count)
     assert design.shard(jobs, 0, 4)[0] is jobs[0]
+
+
+def test_report_main_plans_the_shard_it_is_given(capsys, tmp_path):
+    """report.py's main, in-process with its own FlagValues: --plan --shard=1/3 lists exactly
+    every third job of the tiny plan from the second (0-based 1)."""
+    from absl import flags
+
+    values = cli.define_flags(flags.FlagValues())
+    values(["report.py", "--preset=tiny", "--plan", "--shard=1/3", f"--root={tmp_path}"])
+    assert cli.main(values) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[1] for line in out.split("\n\n")[0].splitlines()[2:]]
+    tiny = design.PRESETS["tiny"]
+    data_dir = os.path.join(tmp_path, "fixture")
+    setup = suite.Setup(tiny, str(tmp_path), str(tmp_path / "results"), data_dir)
+    plan = design.plan(tiny, data_dir, len(suite._splits(setup).train_x))
+    assert listed == [j.name for j in plan[1::3]]
 
 
 # -- the claims, against records with fixed names ------------------------------------------------
