@@ -1,4 +1,5 @@
-"""Trains a normlab CNN with one normalization; resumes from --model_dir's checkpoints.
+"""Trains a normlab model (the CNN, or the LSTM with --arch=lstm) with one normalization;
+resumes from --model_dir's checkpoints.
 
 Usage:
     .venv/bin/python train.py --model_dir=runs/batch --norm=batch
@@ -6,7 +7,9 @@ Usage:
     .venv/bin/tensorboard --logdir=runs
 
 An existing --model_dir is resumed with its saved flags (flags.txt); only the flags marked
-"May change on resume" may differ. A finished run is left as it is.
+"May change on resume" may differ. A finished run is left as it is. A run stopped before its
+first checkpoint starts again from step 0 with the same command (what it left is moved into
+--model_dir/earlier-attempts/).
 """
 
 import os
@@ -26,14 +29,7 @@ flags.DEFINE_string(
     "Run directory: flags, checkpoints, summaries, metrics. "
     "An existing one is resumed with its saved flags.",
 )
-flags.DEFINE_boolean(
-    "start_over",
-    False,
-    "Train --model_dir again from step 0 although it holds summaries or metrics but no "
-    "checkpoint (a run that diverged or was killed before its first checkpoint, or whose "
-    "checkpoints were deleted): its summaries and metrics.json are replaced. Without it such a "
-    "directory is refused and nothing in it is touched.",
-)
+flags.DEFINE_boolean("start_over", False, cli.START_OVER_HELP)
 FLAG_NAMES = ["model_dir", "start_over"] + cli.define_config_flags()
 FLAGS = flags.FLAGS
 
@@ -50,6 +46,7 @@ def tensorboard_command(logdir: str) -> str:
 
 
 def main() -> int:
+    from normlab.trainer import lock
     from normlab.trainer.run_dir import RunDirectory, check_model_dir
     from normlab.trainer.trainer import Trainer
 
@@ -57,10 +54,14 @@ def main() -> int:
     saved = flags_path(FLAGS.model_dir)
     base = Config.from_flagfile(saved) if os.path.isfile(saved) else None
     config = cli.config_from_flags(base)
-    # Before anything is created or written: a resume that would change the experiment, then
-    # bad flags.
+    # Before anything is created or written, and before seconds of loading: a run another
+    # process trains (multi_worker: only the chief locks, later), a resume that would change
+    # the experiment, then bad flags.
+    if config.strategy != "multi_worker":
+        lock.check_free(FLAGS.model_dir)
     run_dir = RunDirectory(FLAGS.model_dir, writes=False, log=lambda _: None)
-    run_dir.check_config(config.resolved())
+    if not FLAGS.start_over:
+        run_dir.check_config(config.resolved())
     config.validate()
     trainer = Trainer(config, FLAGS.model_dir, start_over=FLAGS.start_over)
     try:

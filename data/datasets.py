@@ -220,6 +220,13 @@ def load(name: str, data_dir: str | None, validation_size: int) -> Splits:
 def _load_fashion_mnist(data_dir):
     """Returns ((train_x, train_y, test_x, test_y), source)."""
     if data_dir is not None:
+        if not os.path.isdir(data_dir):
+            what = "is not a directory" if os.path.exists(data_dir) else "does not exist"
+            raise DatasetError(
+                f"--data_dir={data_dir} {what}. Pass --data_dir=DIR naming the directory that"
+                " holds the four Fashion-MNIST IDX files (.gz or not), or leave it out to use"
+                f" {DEFAULT_FASHION_MNIST_DIR} (`apt-get install dataset-fashion-mnist`)."
+            )
         return _read_fashion_mnist_dir(data_dir), data_dir
     if all(find_idx_file(DEFAULT_FASHION_MNIST_DIR, f) for f in _FASHION_MNIST_FILES.values()):
         return (_read_fashion_mnist_dir(DEFAULT_FASHION_MNIST_DIR), DEFAULT_FASHION_MNIST_DIR)

@@ -127,3 +127,26 @@ def test_boolean_flags_read_as_what_true_does_in_help():
     text = cli.usage("prog", "Doc.", ["plan", "jobs"], values)
     assert "  --[no]plan (default: false)\n      Only print the jobs." in text
     assert "  --jobs=1" in text and "--noplan" not in text
+
+
+def test_a_data_dir_that_does_not_exist_is_named_as_such(tmp_path):
+    from normlab import data
+
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(data.DatasetError, match=f"--data_dir={missing} does not exist"):
+        data.load("fashion_mnist", str(missing), 10)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(data.DatasetError, match="file is not a directory"):
+        data.load("fashion_mnist", str(tmp_path / "file"), 10)
+
+
+def test_train_help_names_both_models_and_what_start_over_does():
+    import ast
+
+    from normlab.trainer import cli
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "train.py")) as fh:
+        doc = ast.get_docstring(ast.parse(fh.read()))
+    assert doc.startswith("Trains a normlab model (the CNN, or the LSTM with --arch=lstm)")
+    assert "earlier-attempts/N-start-over/" in cli.START_OVER_HELP
+    assert "to resume a run it started, give the command without it" in cli.START_OVER_HELP

@@ -40,18 +40,26 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_kept(tmp_path, idx_dir):
     assert os.path.exists(ckpts / "ckpt-12.index")
 
 
-def test_a_run_with_results_but_no_checkpoint_is_refused_until_start_over(tmp_path, idx_dir):
+def test_a_finished_run_without_checkpoints_is_refused_until_start_over(tmp_path, idx_dir):
+    """Results exist (metrics.json of a finished run) but nothing to resume from: refused,
+    nothing touched; --start_over moves the earlier run aside (kept) and trains again."""
     model_dir = tmp_path / "x"
     assert _train(model_dir, idx_dir, 4).returncode == 0
     for name in os.listdir(model_dir / "checkpoints"):
         os.remove(model_dir / "checkpoints" / name)
+    metrics = (model_dir / "metrics.json").read_text()
     before = {p: os.path.getmtime(p) for p in (model_dir / "metrics.json", model_dir / "train")}
     again = _train(model_dir, idx_dir, 4)
-    assert again.returncode == 2 and "no checkpoint" in again.stderr
-    assert "--start_over" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 2, again.stderr
+    assert "holds a finished run (test accuracy" in again.stderr
+    assert "checkpoints are gone" in again.stderr and "--start_over" in again.stderr
     assert {p: os.path.getmtime(p) for p in before} == before  # nothing touched
     over = run_program(
         "train.py", f"--model_dir={model_dir}", "--start_over", f"--data_dir={idx_dir}"
     )
     assert over.returncode == 0, over.stderr
-    assert "starting over" in over.stdout + over.stderr
+    aside = model_dir / "earlier-attempts" / "1-start-over"
+    assert f"starting over from step 0: the earlier run moved to {aside}" in over.stdout
+    assert (aside / "metrics.json").read_text() == metrics  # kept, byte for byte
+    assert (aside / "train").is_dir() and (aside / "flags.txt").is_file()
+    assert (model_dir / "checkpoints" / "ckpt-4.index").exists()

@@ -1,5 +1,7 @@
-"""Start-up as a user sees it: the replica count of every strategy, and a multi-worker cluster
-whose other worker is missing (not started yet, or a mistyped host)."""
+"""Start-up as a user sees it: the replica count of every strategy, a multi-worker cluster
+whose other worker is missing (not started yet, or a mistyped host), Ctrl-C while TensorFlow
+imports, a second training of a run in use, and the same command after a kill before the
+first checkpoint."""
 
 import json
 import os
@@ -202,3 +204,71 @@ def test_the_replica_count_is_logged_for_every_strategy(tmp_path, idx_dir):
     for line, (code, stdout, stderr) in results.items():
         assert code == 0, stderr
         assert stdout.splitlines()[0] == line
+
+
+def _importing_tensorflow(pid: int) -> bool:
+    """Whether the process has loaded TensorFlow's first shared library (its import runs)."""
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            return "tensorflow" in fh.read()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_while_tensorflow_imports_prints_one_line(tmp_path):
+    program = Program(f"--model_dir={tmp_path / 'run'}", *FLAGS)
+    try:
+        deadline = time.monotonic() + STARTUP_BOUND
+        while not _importing_tensorflow(program.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        program.proc.send_signal(signal.SIGINT)
+        code, stdout, stderr = program.finish(SIGNAL_BOUND)
+    finally:
+        program.kill()
+    assert (code, stdout, stderr) == (130, "", "train.py: interrupted.\n")
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_run_killed_before_its_first_checkpoint_trains_again_with_the_same_command(
+    tmp_path, idx_dir
+):
+    """Killed (SIGKILL) before its first checkpoint; meanwhile a second training of the same
+    run is refused at once (exit 2, before loading anything); then the same command again
+    starts from step 0, says so, and finishes, the earlier attempt's summaries kept aside."""
+    model_dir = tmp_path / "run"
+    # One checkpoint, at the end; every step writes summaries and histograms (slower steps).
+    command = (f"--model_dir={model_dir}", f"--data_dir={idx_dir}", *FLAGS, "--train_steps=40",
+               "--checkpoint_every=40", "--log_every=1", "--summary_every=1",
+               "--histogram_every=1")  # fmt: skip
+    first = Program(*command)
+    second = None
+    try:
+        first.wait_for_line("step 1/40", STARTUP_BOUND)
+        first.proc.send_signal(signal.SIGSTOP)  # held before its checkpoint, holding the lock
+        second = Program(*command)
+        code, stdout, stderr = second.finish(STARTUP_BOUND)
+        assert code == 2 and stdout == "", stderr
+        assert stderr.startswith(f"train.py: error: {model_dir} is in use by another training "
+                                 f"(pid {first.proc.pid} on ")  # fmt: skip
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(SIGNAL_BOUND)
+    finally:
+        for program in (first, second):
+            if program is not None:
+                program.kill()
+    assert not os.path.exists(model_dir / "checkpoints" / "checkpoint")  # none saved yet
+    assert os.listdir(model_dir / "train")
+    again = Program(*command)
+    try:
+        code, stdout, stderr = again.finish(300)
+    finally:
+        again.kill()
+    assert code == 0, stderr
+    aside = model_dir / "earlier-attempts" / "1-before-first-checkpoint"
+    assert (
+        "starting again from step 0: the earlier attempt stopped before its first checkpoint "
+        f"(what it left, train/, moved to {aside})"
+    ) in stdout.splitlines()
+    assert os.listdir(aside / "train")
+    with open(model_dir / "metrics.json") as fh:
+        assert json.load(fh)["step"] == 40

@@ -17,8 +17,17 @@ from collections.abc import Callable, Sequence
 from absl import flags
 
 from normlab.trainer.config import Config, format_value
-from normlab.trainer.errors import RunError, UsageError
+from normlab.trainer.errors import Interrupted, RunError, UsageError
 
+START_OVER_HELP = (
+    "Train --model_dir from step 0 whatever it holds: the earlier run (checkpoints, summaries, "
+    "metrics.json, HParams record, a copy of flags.txt) is first moved into "
+    "--model_dir/earlier-attempts/N-start-over/ (nothing is deleted), and flags may differ "
+    "from the saved ones. Use it once: to resume a run it started, give the command without "
+    "it. Without it, a run with a checkpoint resumes, one stopped before its first checkpoint "
+    "starts again from step 0 (its summaries moved to earlier-attempts/), and a finished run "
+    "whose checkpoints are gone or a diverged run without checkpoint is refused."
+)
 HELP_ARGS = ("-h", "-help", "--help", "-helpshort", "--helpshort", "-helpfull", "--helpfull", "-?")
 
 
@@ -104,16 +113,22 @@ def parse_flags_or_exit(
 
 
 def run_main(main: Callable[[], int], program: str) -> int:
-    """Runs main; a UsageError/DatasetError exits 2, a RunError 1 (an interruption 128 +
-    signal), each as one paragraph.
+    """Runs main; a UsageError/DatasetError (or a run directory in use) exits 2, a RunError 1,
+    each as one paragraph `program: error: ...`; an interruption (SIGINT/SIGTERM, after
+    saving) `program: interrupted: ...`, exit 128 + signal.
 
     Other exceptions are bugs: their trace is printed (NORMLAB_TRACEBACK=1 prints it for the
-    expected errors too).
+    expected errors too). Ctrl-C before main runs: normlab/quiet.py.
     """
     from normlab.data import DatasetError  # imported here: data imports TensorFlow
 
     try:
         return main()
+    except Interrupted as e:  # a clean stop, not an error
+        if os.environ.get("NORMLAB_TRACEBACK"):
+            traceback.print_exc()
+        print(f"{program}: interrupted: {e}", file=sys.stderr)
+        return e.exit_code
     except (UsageError, DatasetError, RunError) as e:
         if os.environ.get("NORMLAB_TRACEBACK"):
             traceback.print_exc()

@@ -13,8 +13,16 @@ class RunError(RuntimeError):
     exit_code = 1
 
 
+class InUse(RunError):
+    """The run directory is being trained by another process: refused, exit 2 like every
+    refusal (nothing was done; wait, or choose another --model_dir)."""
+
+    exit_code = 2
+
+
 class Interrupted(RunError):
-    """SIGINT/SIGTERM stopped training after a checkpoint was saved; exit 128 + signal."""
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved; exit 128 + signal.
+    Reported as an interruption, not an error."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-from normlab.trainer.errors import RunError
+from normlab.trainer.errors import InUse
 
 LOCK_FILE = "lock"
 
@@ -22,8 +22,23 @@ LOCK_FILE = "lock"
 _held: dict[str, int] = {}
 
 
+def check_free(model_dir: str) -> None:
+    """Raises InUse (exit 2) if another process holds model_dir's lock; takes nothing. A
+    program calls it first, before the seconds of loading data and building the model."""
+    path = os.path.realpath(os.path.join(model_dir, LOCK_FILE))
+    if path in _held or not os.path.isfile(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while a holder has LOCK_EX
+    except BlockingIOError:
+        raise _in_use(model_dir, fd) from None
+    finally:
+        os.close(fd)  # also drops the shared lock
+
+
 def acquire(model_dir: str, log=print) -> None:
-    """Takes model_dir's lock, or raises RunError naming the live holder."""
+    """Takes model_dir's lock, or raises InUse (exit 2) naming the live holder."""
     path = os.path.realpath(os.path.join(model_dir, LOCK_FILE))
     if path in _held:
         return
@@ -31,12 +46,9 @@ def acquire(model_dir: str, log=print) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _describe(_read(fd))
+        error = _in_use(model_dir, fd)
         os.close(fd)
-        raise RunError(
-            f"{model_dir} is in use by another training ({holder}). Wait for it to "
-            "finish, stop it, or choose another --model_dir."
-        ) from None
+        raise error from None
     previous = _read(fd)
     if previous:
         log(
@@ -66,6 +78,13 @@ def release(model_dir: str) -> None:
         os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _in_use(model_dir: str, fd: int) -> InUse:
+    return InUse(
+        f"{model_dir} is in use by another training ({_describe(_read(fd))}). Nothing was "
+        "done. Wait for it to finish, stop it, or choose another --model_dir."
+    )
 
 
 def _read(fd: int) -> dict:

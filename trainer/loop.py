@@ -36,6 +36,9 @@ _LOST_WORKER = (
 )
 
 
+RESUME = "Run the same command again to resume."
+
+
 @dataclasses.dataclass
 class Hooks:
     """What the loop calls between steps.
@@ -46,12 +49,14 @@ class Hooks:
         diagnose: called with the number of a non-finite step (which applied nothing); raises
             NonFiniteError naming the first non-finite layer.
         log: progress lines.
+        resume: what an interruption's message tells the user to do to resume.
     """
 
     validate: Callable[[int], dict]
     save: Callable[[int], str]
     diagnose: Callable[[int], None]
     log: Callable[[str], None]
+    resume: str = RESUME
 
 
 def collect_level(done: int, total: int, config: Config) -> int:
@@ -173,8 +178,8 @@ def _steps(train_step, batches, start, total, config, writer, train_seconds, hoo
         if stop.signum is not None:
             name = signal.Signals(stop.signum).name
             raise Interrupted(
-                f"{name} received: stopped at step {done} of {total} after saving {saved}. Run "
-                "the same command again to resume.",
+                f"{name} received: stopped at step {done} of {total} after saving {saved}. "
+                + hooks.resume,
                 stop.signum,
             )
     return last

@@ -7,12 +7,17 @@ Layout (self-describing):
     events.*         the HParams record of this run (TensorBoard's HParams dashboard)
     metrics.json     final metrics, written when training completes
     lock             held while a training runs (pid, host, start time)
+    earlier-attempts/N-why/   what an earlier attempt left, moved aside when this run started
+                     again from step 0 (before-first-checkpoint: its summaries; start-over:
+                     the whole earlier run, a run directory of its own)
     .worker-N/       multi_worker only: worker N's scratch checkpoints, deleted when it ends
 
 The rules that keep what a user made safe: a path that is a file, or a directory holding other
 runs, is refused before anything is created; a second training of the same run is refused
 while the first holds the lock; metrics.json is only ever merged into, never rewritten with
-fewer fields; every file is replaced atomically (a kill never leaves half a file).
+fewer fields; every file is replaced atomically (a kill never leaves half a file); what an
+earlier attempt left is moved aside, never deleted, and a finished or diverged run's results
+without checkpoints are refused rather than trained over.
 """
 
 from __future__ import annotations
@@ -25,11 +30,16 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from normlab.trainer import checkpoints, events, lock
-from normlab.trainer.config import Config, flags_path, is_run_dir
+from normlab.trainer.config import FLAGS_FILE, Config, flags_path, is_run_dir
 from normlab.trainer.errors import UsageError
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
+# Where earlier attempts are moved (never deleted): each in a numbered subdirectory, which
+# TensorBoard shows as runs of their own, not mixed into this run's curves.
+ASIDE_DIR = "earlier-attempts"
+HPARAMS_PREFIX = "events.out.tfevents."  # model_dir's own event files: the HParams record
+FINAL_RESULT = "test_accuracy"  # in metrics.json only once a run has finished
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -174,30 +184,80 @@ class RunDirectory:
         for name in checkpoints.remove_unlisted_and_excess(self.checkpoint_dir, max_to_keep):
             self.log(f"removed {name}: not (or no longer) listed as a kept checkpoint")
 
-    def check_start_from_scratch(self, start_over: bool) -> None:
-        """A run about to start at step 0 in a directory that already holds its results
-        (metrics.json, summaries) but no checkpoint to resume from: refused (UsageError), so
-        nothing is overwritten, unless `start_over`, which removes those results first."""
+    def start_from_step_0(self) -> None:
+        """A run about to start at step 0 (no checkpoint to resume from) in this directory.
+
+        Results are never replaced: metrics.json with a finished run's results (its
+        checkpoints are gone) or with a divergence is refused (UsageError), nothing touched.
+        What an attempt stopped before its first checkpoint left (summaries, a metrics.json
+        without results) is moved into earlier-attempts/, out of the new run's curves."""
         from normlab.trainer.summaries import EVAL_DIR, TRAIN_DIR
 
-        traces = [
-            name
-            for name in (METRICS_FILE, TRAIN_DIR, EVAL_DIR)
-            if os.path.exists(os.path.join(self.path, name))
-        ]
-        if not traces or not self.writes:
+        if not self.writes:
             return
-        if not start_over:
+        metrics = self.read_metrics()
+        again = (
+            f"Nothing was changed. Use a new --model_dir, or --start_over to train it again "
+            f"from step 0 (the earlier run is moved into {self.path}/{ASIDE_DIR}/, kept)."
+        )
+        if "diverged_at_step" in metrics:
             raise UsageError(
-                f"{self.path} holds {', '.join(traces)} of an earlier run but no checkpoint to "
-                "resume from (it diverged or was killed before its first checkpoint, or its "
-                "checkpoints were deleted). Nothing was changed. Use a new --model_dir, or "
-                "--start_over to train it again from step 0 (replacing those)."
+                f"{self.path} holds a run that diverged at step {metrics['diverged_at_step']} "
+                f"(metrics.json) before its first checkpoint: the same flags would diverge "
+                f"again. {again} A lower --learning_rate or a normalization may help."
             )
-        for name in traces:
-            path = os.path.join(self.path, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        self.log(f"starting over: removed {', '.join(traces)} of the earlier run")
+        if FINAL_RESULT in metrics:
+            raise UsageError(
+                f"{self.path} holds a finished run ({describe_results(metrics)}) whose "
+                f"checkpoints are gone, so it cannot be resumed. {again}"
+            )
+        earlier = is_run_dir(self.path)  # its flags.txt: an attempt has started training
+        moved = self.set_aside((TRAIN_DIR, EVAL_DIR, METRICS_FILE), "before-first-checkpoint")
+        if earlier or moved:
+            self.log(
+                "starting again from step 0: the earlier attempt stopped before its first "
+                "checkpoint"
+                + (f" (what it left, {', '.join(moved[1])}, moved to {moved[0]})" if moved else "")
+            )
+
+    def start_over(self) -> None:
+        """--start_over: moves the earlier run (checkpoints, summaries, metrics.json, HParams
+        record, a copy of flags.txt) into earlier-attempts/N-start-over/, where it stays a
+        complete run directory (eval.py and TensorBoard read it), so training starts at 0."""
+        from normlab.trainer.summaries import EVAL_DIR, TRAIN_DIR
+
+        if not self.writes:
+            return
+        records = [n for n in os.listdir(self.path) if n.startswith(HPARAMS_PREFIX)]
+        moved = self.set_aside(
+            (CHECKPOINT_DIR, TRAIN_DIR, EVAL_DIR, METRICS_FILE, *records),
+            "start-over",
+            copy=(FLAGS_FILE,),
+        )
+        if moved:
+            self.log(f"starting over from step 0: the earlier run moved to {moved[0]}")
+
+    def set_aside(
+        self, names: tuple[str, ...], label: str, copy: tuple[str, ...] = ()
+    ) -> tuple[str, list[str]] | None:
+        """Moves those of `names` that exist (and copies those of `copy`) into a new
+        earlier-attempts/N-label/ directory; returns (it, the names moved), None if none."""
+        present = [n for n in names if os.path.exists(os.path.join(self.path, n))]
+        if not present:
+            return None
+        parent = os.path.join(self.path, ASIDE_DIR)
+        os.makedirs(parent, exist_ok=True)
+        n = len(os.listdir(parent)) + 1
+        while any(e.startswith(f"{n}-") for e in os.listdir(parent)):
+            n += 1
+        target = os.path.join(parent, f"{n}-{label}")
+        os.makedirs(target)
+        for name in copy:
+            if os.path.isfile(os.path.join(self.path, name)):
+                shutil.copy2(os.path.join(self.path, name), os.path.join(target, name))
+        for name in present:
+            os.replace(os.path.join(self.path, name), os.path.join(target, name))
+        return target, [n + "/" if os.path.isdir(os.path.join(target, n)) else n for n in present]
 
     def remove_hparams_record(self) -> None:
         """Deletes the HParams event files of earlier attempts (model_dir's own events.*, which
@@ -205,7 +265,7 @@ class RunDirectory:
         if not self.writes:
             return
         for name in os.listdir(self.path):
-            if name.startswith("events.out.tfevents.") and os.path.isfile(
+            if name.startswith(HPARAMS_PREFIX) and os.path.isfile(
                 os.path.join(self.path, name)
             ):
                 os.remove(os.path.join(self.path, name))
@@ -227,6 +287,11 @@ class RunDirectory:
 
     # -- metrics.json ------------------------------------------------------------------------
 
+    def results(self) -> str:
+        """A finished run's results from metrics.json, for a message ('' if it has none)."""
+        metrics = self.read_metrics()
+        return describe_results(metrics) if FINAL_RESULT in metrics else ""
+
     def read_metrics(self) -> dict:
         path = os.path.join(self.path, METRICS_FILE)
         try:
@@ -243,3 +308,12 @@ class RunDirectory:
                 os.path.join(self.path, METRICS_FILE), json.dumps(merged, indent=2) + "\n"
             )
         return merged
+
+
+def describe_results(metrics: dict) -> str:
+    """'test accuracy 0.9181, test loss 0.2345' from metrics.json's fields."""
+    out = []
+    for key, name in ((FINAL_RESULT, "test accuracy"), ("test_loss", "test loss")):
+        if isinstance(metrics.get(key), (int, float)):
+            out.append(f"{name} {metrics[key]:.4f}")
+    return ", ".join(out) or "no test results"

@@ -18,14 +18,23 @@ import os
 import shutil
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from normlab import data
+from normlab.data.pipeline import InGraphBatches
+from normlab.core import registry
 from normlab.models import build_model, population
-from normlab.trainer import checkpoints, distribute, loop, optim, steps, summaries
+from normlab.trainer import (
+    checkpoints,
+    distribute,
+    divergence,
+    loop,
+    optim,
+    steps,
+    summaries,
+)
 from normlab.trainer.config import Config
-from normlab.trainer.errors import NonFiniteError, UsageError
+from normlab.trainer.errors import UsageError
 from normlab.trainer.run_dir import RunDirectory
 from normlab.trainer.signals import StopOnSignals
 
@@ -45,8 +54,10 @@ class Trainer:
             run (a damaged newest one is skipped, and `log` says so).
         checkpoint: read_only: restore this checkpoint (a path, or a name like ckpt-300 in
             checkpoints/) instead of the newest.
-        start_over: a run directory with summaries or metrics but no checkpoint is trained
-            from step 0 (its summaries and metrics.json replaced) instead of refused.
+        start_over: train from step 0 whatever model_dir holds (train.py's --start_over):
+            the earlier run is moved into earlier-attempts/N-start-over/ first (kept), and
+            settings that differ from its saved ones are accepted. Without it, a run with a
+            checkpoint resumes; one without starts at 0 (run_dir.start_from_step_0's rules).
 
     Attributes (besides the model, optimizer, steps and writers):
         restored: the path of the checkpoint last restored (None: a new run).
@@ -94,7 +105,7 @@ class Trainer:
         self.total_steps = config.total_steps(self.steps_per_epoch)
         self.run_dir.open()
         try:
-            if not read_only:  # an evaluation may use other settings (eval.py's overrides)
+            if not read_only and not start_over:  # eval.py may override settings
                 self.run_dir.check_config(config)
             self._build()
         except BaseException:
@@ -143,6 +154,8 @@ class Trainer:
             train_seconds=self.train_seconds,
             **({"loss_scale": loss_scale} if loss_scale else {}),
         )
+        if self._start_over and self.is_chief and not self.read_only:
+            self.run_dir.start_over()
         self.run_dir.repair_checkpoints(c.max_to_keep)
         directory = self.run_dir.checkpoint_dir
         latest = tf.train.latest_checkpoint(directory)
@@ -167,7 +180,7 @@ class Trainer:
             if restored:
                 self.log(f"resumed from {restored} at step {self.current_step}")
             else:
-                self.run_dir.check_start_from_scratch(self._start_over)
+                self.run_dir.start_from_step_0()
         else:
             self._restore(latest)
         if self.current_step > self.total_steps:
@@ -224,7 +237,7 @@ class Trainer:
             raise UsageError("this Trainer was opened read-only (for evaluation)")
         c, start, total = self.config, self.current_step, self.total_steps
         if start >= total:
-            self.log(f"already trained: step {start} of {total}")
+            self._log_already_trained()
             return {}
         self.run_dir.save_config(c)
         self.run_dir.truncate_summaries(start)
@@ -254,8 +267,8 @@ class Trainer:
                 f"global batch {c.batch_size}: {c.batch_size // replicas} examples per replica"
             )
         self.log(
-            f"training {c.norm} norm ({c.norm_impl}) on {c.dataset}: steps {start} -> "
-            f"{total}, {self.steps_per_epoch} steps per epoch, batch {c.batch_size}"
+            f"training {_describe_model(c)} on {c.dataset}: steps {start} -> {total}, "
+            f"{self.steps_per_epoch} steps per epoch, batch {c.batch_size}"
         )
         if c.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
             self.log(
@@ -267,12 +280,18 @@ class Trainer:
             save=lambda step: self.manager.save(checkpoint_number=step),
             diagnose=self._stop_on_non_finite,
             log=self.log,
+            # The same command with --start_over would start over again, not resume.
+            resume="Run the same command without --start_over to resume."
+            if self._start_over
+            else loop.RESUME,
         )
         try:
             with StopOnSignals() as stop:
                 return loop.train_loop(
                     self.train_step,
-                    iter(dataset),
+                    self._in_graph_batches(start)
+                    if replicas == 1 and self.in_graph_input
+                    else iter(dataset),
                     start=start,
                     total=total,
                     config=c,
@@ -285,6 +304,25 @@ class Trainer:
         finally:
             self.flush()
 
+    # False: training batches through a tf.data iterator, as before (bench.loop's baseline).
+    in_graph_input = True
+
+    def _in_graph_batches(self, start: int) -> InGraphBatches:
+        """splits.train_batches' batches from step `start` on, made inside the compiled loop
+        (data.pipeline.InGraphBatches); one object per Trainer, so the loop is traced once."""
+        c = self.config
+        if getattr(self, "_batches", None) is None:
+            self._batches = InGraphBatches(
+                self.splits.train_x,
+                self.splits.train_y,
+                batch_size=c.batch_size,
+                seed=c.seed,
+                pixel_mean=self.splits.pixel_mean,
+                pixel_std=self.splits.pixel_std,
+                augment=c.augment,
+            )
+        return self._batches.reset(start)
+
     def _validate(self, step: int) -> dict:
         result = self.evaluate("val")
         if result:
@@ -295,41 +333,7 @@ class Trainer:
         return result
 
     def _stop_on_non_finite(self, step: int) -> None:
-        """Names the first layer whose activations or gradients are not finite at `step`, then
-        stops. The step applied nothing; its batch (a pure function of seed and step) is run
-        again through the step with per-layer gradient norms, which again applies nothing."""
-        c = self.config
-        images, labels = (
-            self.splits.train_batches(
-                batch_size=c.batch_size, seed=c.seed, augment=c.augment, start_step=step - 1
-            )
-            .take(1)
-            .get_single_element()
-        )
-        metrics = self.train_step(images, labels, steps.SCALARS)
-        _, taps = self.model.forward(images, training=False, tap=True)
-        culprit = next(
-            (k.split("/")[0] for k, t in taps.items() if not np.all(np.isfinite(t.numpy()))),
-            None,
-        )
-        if culprit is None:
-            culprit = next(
-                (
-                    name
-                    for name, _ in self.model.named_layers()
-                    if not np.isfinite(float(metrics[summaries.grad_norm(name)]))
-                ),
-                "the loss",
-            )
-        self.run_dir.write_metrics({"diverged_at_step": step, "diverged_layer": culprit})
-        raise NonFiniteError(
-            step,
-            culprit,
-            f"non-finite loss or gradient at step {step} (loss {float(metrics[summaries.LOSS])}); "
-            f"first non-finite layer: {culprit}. Training stopped; the last good checkpoint "
-            f"({self.manager.latest_checkpoint or 'none yet'}) is kept. Try a lower "
-            f"--learning_rate (now {self.config.learning_rate}) or a normalization.",
-        )
+        divergence.stop(self, step)
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -362,7 +366,7 @@ class Trainer:
         metrics are returned."""
         saved = self.run_dir.read_metrics()
         if self.current_step >= self.total_steps and saved.get("step") == self.current_step:
-            self.log(f"already trained: step {self.current_step} of {self.total_steps}")
+            self._log_already_trained()
             self.close()
             return saved
         last = self.train()
@@ -400,6 +404,13 @@ class Trainer:
             f"{results['test_loss']:.4f}  ({os.path.join(self.model_dir, 'metrics.json')})"
         )
         return results
+
+    def _log_already_trained(self) -> None:
+        results = self.run_dir.results()
+        self.log(
+            f"already trained: step {self.current_step} of {self.total_steps}"
+            + (f", {results} ({os.path.join(self.model_dir, 'metrics.json')})" if results else "")
+        )
 
     def _throughput(self, last: dict) -> dict:
         """Training metrics for metrics.json: the last logged window's loss and accuracy, and
@@ -448,6 +459,15 @@ class Trainer:
         self.run_dir.close()
         if not self.read_only and not self.is_chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
+
+
+def _describe_model(c: Config) -> str:
+    """'the CNN with batch norm (normlab's)', 'the LSTM without normalization', ..."""
+    model = {"lstm": "the LSTM", "course": "the course's CNN"}.get(c.arch, "the CNN")
+    if c.norm == registry.NONE:
+        return f"{model} without normalization"
+    label = registry.get(c.norm).implementation(c.norm_impl).label
+    return f"{model} with {c.norm} norm ({'normlab' if c.norm_impl == 'custom' else label})"
 
 
 def _hparam_value(value):
