@@ -4,9 +4,10 @@
     python -m scripts.kill_resume --kills=6 --steps=240 # what CI runs (tests/test_kill_resume.py)
 
 It trains a small model on synthetic IDX data: once uninterrupted, and once killed with SIGKILL
-`--kills` times and restarted after each kill with the same --model_dir. Half the kills land
-after a random number of training steps, half the instant a checkpoint save is under way (a
-`*_temp` directory exists).
+`--kills` times and restarted after each kill with the same command. The first kill lands as
+training starts, before its first checkpoint (the restart must start again from step 0 by
+itself); of the others, half land after a random number of training steps, half the instant
+a checkpoint save is under way (a `*_temp` directory exists).
 After every kill it checks that the checkpoint state names a complete checkpoint; at the end,
 that the final weights are bitwise those of the uninterrupted run, at most --max_to_keep
 checkpoints remain, no `*_temp` directory is left, and every training step appears once in
@@ -74,10 +75,13 @@ def _complete(checkpoint_dir: str, name: str) -> bool:
 
 
 def _kill_once(
-    model_dir: str, flags: list[str], mid_save: bool, rng: random.Random, timeout: float
-) -> tuple[bool, str]:
-    """Starts training and SIGKILLs it; returns (killed, how). False: it finished first.
+    model_dir: str, flags: list[str], how: str, rng: random.Random, timeout: float
+) -> tuple[bool, bool]:
+    """Starts training with `flags` and SIGKILLs it (`how`: "early", "random" or "mid-save");
+    returns (killed: False if it finished first, whether it said it started again from 0).
 
+    An early kill comes as the training starts (its "training ..." line; the first step has
+    yet to be compiled), before its first checkpoint.
     A random kill comes after a random number of training steps (read from the progress
     lines, one per step), not after a random wall time, so it lands at any point of the run
     whatever the machine's load. A mid-save kill comes as soon as a checkpoint's temporary
@@ -85,32 +89,32 @@ def _kill_once(
     so the poll does not take a core from the training it watches).
     """
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
-    if os.path.isdir(model_dir) and _latest_recorded(checkpoint_dir) is None:
-        # Killed before its first checkpoint: train.py refuses to overwrite the summaries it
-        # left unless told to start over, as its message says.
-        flags = [*flags, "--start_over"]
     proc = _train(model_dir, flags)
     deadline = time.monotonic() + timeout
+    again = False
     try:
-        steps_before_kill = 1 if mid_save else rng.randint(1, 6)
+        steps_before_kill = 1 if how == "mid-save" else rng.randint(1, 6)
         for line in proc.stdout:  # wait until it has trained that many steps
+            again = again or line.startswith("starting again from step 0")
+            if how == "early" and line.startswith("training "):
+                break
             if line.startswith("step "):
                 steps_before_kill -= 1
                 if steps_before_kill == 0:
                     break
         if proc.poll() is not None:
-            return False, "finished"
-        if not mid_save:
+            return False, again
+        if how != "mid-save":
             proc.send_signal(signal.SIGKILL)
-            return True, "random"
+            return True, again
         while proc.poll() is None and time.monotonic() < deadline:
             if os.path.isdir(checkpoint_dir) and any(
                 "_temp" in n for n in os.listdir(checkpoint_dir)
             ):
                 proc.send_signal(signal.SIGKILL)
-                return True, "mid-save"
+                return True, again
             time.sleep(0.0005)
-        return False, "finished"
+        return False, again
     finally:
         proc.kill()
         proc.wait()
@@ -160,23 +164,29 @@ def run(args) -> dict:
     model_dir = os.path.join(work, "killed")
     findings = {
         "kills": 0,
+        "early_kills": 0,
         "mid_save_kills": 0,
         "random_kills": 0,
         "restarts": 0,
+        "started_again_from_0": 0,
         "incomplete_checkpoint_selected": 0,
         "checkpoints_lost": 0,
     }
     problems = []
     while findings["kills"] < args.kills:
-        mid_save = findings["kills"] % 2 == 1
-        killed, how = _kill_once(model_dir, flags, mid_save, rng, args.timeout)
+        k = findings["kills"]
+        how = "early" if k == 0 else "mid-save" if k % 2 == 1 else "random"
+        killed, again = _kill_once(model_dir, flags, how, rng, args.timeout)
         findings["restarts"] += 1
+        findings["started_again_from_0"] += again
         if not killed:
-            problems.append(f"training finished before kill {findings['kills'] + 1}: raise --steps")
+            problems.append(f"training finished before kill {k + 1}: raise --steps")
             break
         findings["kills"] += 1
         findings[f"{how.replace('-', '_')}_kills"] += 1
         latest = _latest_recorded(os.path.join(model_dir, "checkpoints"))
+        if how == "early" and latest is not None:
+            problems.append(f"the early kill came after the first checkpoint ({latest})")
         if latest and not _complete(os.path.join(model_dir, "checkpoints"), latest):
             findings["incomplete_checkpoint_selected"] += 1
             problems.append(f"after kill {findings['kills']}: {latest} is recorded but incomplete")
@@ -187,7 +197,7 @@ def run(args) -> dict:
             )
 
     final = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), f"--model_dir={model_dir}"],
+        [sys.executable, os.path.join(ROOT, "train.py"), f"--model_dir={model_dir}", *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,
