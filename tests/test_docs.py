@@ -32,6 +32,13 @@ def test_readme_opens_with_the_run_and_test_commands():
 def test_every_train_flag_is_documented():
     for field in dataclasses.fields(Config):
         assert f"`--{field.name}`" in README, field.name
+    assert "`--start_over`" in README  # train.py's own flag, which its errors name
+
+
+def test_the_flag_table_is_the_one_generated_from_the_flags():
+    from normlab.trainer.config import flags_markdown
+
+    assert flags_markdown() in README
 
 
 def test_the_tensorboard_tags_table_is_the_one_the_code_writes():

@@ -256,11 +256,14 @@ def is_run_dir(path: str) -> bool:
 
 def flags_markdown() -> str:
     """train.py's flags as a Markdown table (the README's), generated from the fields."""
+    from normlab.trainer.cli import START_OVER_HELP  # train.py's own flag (cli imports this)
+
     lines = ["| flag | default | meaning |", "|---|---|---|"]
     lines.append(
         "| `--model_dir` | (required) | Run directory: flags, checkpoints, summaries, "
         "metrics. An existing one is resumed with its saved flags. |"
     )
+    lines.append(f"| `--start_over` | `false` | {START_OVER_HELP} |")
     for f in dataclasses.fields(Config):
         help_text = f.metadata["help"]
         if f.metadata["choices"]:
