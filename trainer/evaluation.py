@@ -38,7 +38,9 @@ DISTINGUISHING = (
     "augment",
     "seed",
 )
-SHORT = {"norm_impl": "impl", "batch_size": "batch", "learning_rate": "lr", "lstm_units": "units"}
+# Column names; lstm_units keeps its name (a column only when LSTM runs differ in it; a CNN row
+# shows "-" there).
+SHORT = {"norm_impl": "impl", "batch_size": "batch", "learning_rate": "lr"}
 # Agreement columns per block: a matrix wider than this is printed in several blocks.
 MATRIX_BLOCK = 12
 
@@ -55,7 +57,7 @@ class RunResult:
     per_class_accuracy: list[float]
     class_names: tuple[str, ...]
     predictions: np.ndarray
-    status: str = "finished"  # or "at k of n" (steps), "diverged at k"
+    status: str = "finished"  # of the evaluated checkpoint: see checkpoint_status
 
 
 def find_runs(paths: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -117,12 +119,13 @@ def evaluate_runs(
                 checkpoint=checkpoint,
             )
             saved = trainer.run_dir.read_metrics()
-            if saved.get("step", 0) >= trainer.total_steps:
-                status = "finished"
-            elif saved.get("diverged_at_step"):
-                status = f"diverged at {saved['diverged_at_step']}"
-            else:
-                status = f"at {trainer.current_step} of {trainer.total_steps}"
+            status = checkpoint_status(
+                trainer.current_step,
+                trainer.total_steps,
+                saved,
+                training=lock_holder(model_dir) is not None,
+                latest=checkpoint is None,
+            )
             if trainer.restored:
                 used = os.path.basename(trainer.restored)
             elif saved.get("diverged_at_step"):
@@ -131,8 +134,17 @@ def evaluate_runs(
                     f"{saved.get('diverged_layer', '?')}) before its first checkpoint: nothing "
                     "to evaluate"
                 )
+            elif lock_holder(model_dir) is not None:
+                raise RunError(
+                    f"training, no checkpoint yet ({lock_holder(model_dir)}): evaluate it after "
+                    f"its first checkpoint (every --checkpoint_every={config.checkpoint_every} "
+                    "steps)"
+                )
             else:
-                raise RunError("no checkpoint yet (has training saved one?)")
+                raise RunError(
+                    "stopped before its first checkpoint; run the same train.py command to "
+                    "train it"
+                )
             result = trainer.evaluate("test")
         except (UsageError, RunError, data.DatasetError) as e:
             failures[model_dir] = str(e)
@@ -153,6 +165,56 @@ def evaluate_runs(
             )
         )
     return results, failures
+
+
+def checkpoint_status(
+    step: int, total: int, saved: dict, training: bool, latest: bool = True
+) -> str:
+    """The status column: what the evaluated checkpoint (at `step` of the run's `total`) is.
+
+    "finished" for a finished run's last step; "diverged at step k" for the newest checkpoint of
+    a run that diverged; otherwise "step s of n (...)" with what the run is: run finished, run
+    diverged at step k, training (a live process holds its lock) or stopped. `saved` is the
+    run's metrics.json."""
+    diverged = saved.get("diverged_at_step")
+    if diverged:
+        if latest:
+            return f"diverged at step {diverged}"
+        run = f"run diverged at step {diverged}"
+    elif saved.get("step", 0) >= total:
+        if step >= total:
+            return "finished"
+        run = "run finished"
+    else:
+        run = "training" if training else "stopped"
+    return f"step {step} of {total} ({run})"
+
+
+def lock_holder(model_dir: str) -> str | None:
+    """"pid P on HOST since T" when a live process of this machine holds the run's lock
+    (trainer/lock.py records its holder there and empties the file on a clean exit), None when
+    nobody does: an empty or missing lock, or one left by a killed process. The lock file is only
+    read (taking the flock, even for an instant, could refuse a train.py starting then). A
+    holder on another host cannot be checked from here and counts as live."""
+    import socket
+
+    from normlab.trainer import lock
+
+    try:
+        with open(os.path.join(model_dir, lock.LOCK_FILE)) as fh:
+            owner = json.loads(fh.read() or "{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(owner, dict) or not owner.get("pid"):
+        return None
+    if owner.get("host") == socket.gethostname():
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except (ProcessLookupError, ValueError):
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return f"pid {owner['pid']} on {owner.get('host', '?')} since {owner.get('since', '?')}"
 
 
 def _pct(x: float) -> str:
@@ -177,14 +239,24 @@ class Comparison:
         self.failures = failures
 
     def settings(self) -> tuple[dict, list[str]]:
-        """({setting: value} shared by every run, [settings that differ])."""
+        """({setting: value} shared by every run that uses it, [settings that differ]).
+
+        A setting only some runs' architecture uses (lstm_units, widths) differs only when
+        those runs differ in it: one value among them is shared, and says which runs ("8 (#4)"),
+        so a CNN row never holds "-" in an LSTM's column for nothing."""
         shared, differing = {}, []
         for name in DISTINGUISHING:
-            values = {_setting(r.config, name) for r in self.results}
+            users = [
+                i for i, r in enumerate(self.results, 1) if name not in r.config.unused_fields()
+            ]
+            values = {_setting(self.results[i - 1].config, name) for i in users}
             if len(values) > 1:
                 differing.append(name)
-            elif values != {"-"}:
-                shared[SHORT.get(name, name)] = values.pop()
+            elif values:
+                value = values.pop()
+                if len(users) < len(self.results):
+                    value += f" ({', '.join(f'#{i}' for i in users)})"
+                shared[SHORT.get(name, name)] = value
         return shared, differing
 
     def rows(self) -> list[dict]:
