@@ -197,14 +197,14 @@ class RunDirectory:
             return
         metrics = self.read_metrics()
         again = (
-            f"Nothing was changed. Use a new --model_dir, or --start_over to train it again "
+            "Nothing was changed. Use a new --model_dir, or --start_over to train it again "
             f"from step 0 (the earlier run is moved into {self.path}/{ASIDE_DIR}/, kept)."
         )
         if "diverged_at_step" in metrics:
             raise UsageError(
                 f"{self.path} holds a run that diverged at step {metrics['diverged_at_step']} "
-                f"(metrics.json) before its first checkpoint: the same flags would diverge "
-                f"again. {again} A lower --learning_rate or a normalization may help."
+                "(metrics.json) and no checkpoint to resume from. "
+                f"{again} A lower --learning_rate or a normalization may help."
             )
         if FINAL_RESULT in metrics:
             raise UsageError(
