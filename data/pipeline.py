@@ -1,4 +1,7 @@
-"""tf.data input pipelines over in-memory images."""
+"""Input pipelines over in-memory images: tf.data datasets, and the same training batches
+computed inside a compiled loop (InGraphBatches)."""
+
+from __future__ import annotations
 
 from typing import Sequence
 
@@ -103,6 +106,101 @@ def train_dataset(
         .prefetch(tf.data.AUTOTUNE)
     )
     return _deterministic(ds)
+
+
+class InGraphBatches:
+    """The batches of `train_dataset` (same arguments, bitwise the same batches in the same
+    order), computed by ops a compiled training loop runs itself: no tf.data iterator per step.
+
+    The images stay one uint8 tensor; a step gathers its batch through the epoch's order,
+    augments it with train_dataset's own function, and standardizes it by a table lookup. The epoch's order (a pure
+    function of seed and epoch, as in train_dataset) is kept in a variable and recomputed by the
+    first step of each epoch. `position` is the global step of the next batch; `reset(step)`
+    moves it (a resumed run, a new segment of training), so one object and one trace serve a
+    Trainer's whole life. Nothing here is checkpointed: the stream is a function of the step.
+
+    `next_in_graph()` returns the next (images, labels) and advances, for use inside a
+    tf.function (TrainStep.loop); iterating the object (`next(batches)`) runs it eagerly,
+    compiled. One replica only: tf.distribute splits batches over replicas through tf.data.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        pixel_mean: Sequence[float] | np.ndarray,
+        pixel_std: Sequence[float] | np.ndarray,
+        augment: bool = False,
+    ):
+        self.mean, self.std = _check_inputs(x, y, pixel_mean, pixel_std)
+        self.n, self.batch_size, self.augment = len(x), batch_size, augment
+        self.steps = steps_per_epoch(self.n, batch_size)
+        self.images = tf.constant(x)
+        self.labels = tf.cast(tf.constant(y), tf.int32)
+        self.seed = tf.constant(seed, tf.int64)
+        # _standardize of every uint8 value in every channel, flattened [256 * C], computed
+        # here, eagerly: inside a compiled step Grappler rewrites (x / 255 - mean) / std into
+        # other arithmetic that rounds differently from tf.data's map; a table lookup is
+        # exactly tf.data's values (and one op instead of four).
+        self.channels = x.shape[-1]
+        values = tf.range(256, dtype=tf.int32)[:, None]
+        self.table = tf.reshape(_standardize(values, self.mean, self.std), [-1])
+        self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="position")
+        self.order = tf.Variable(tf.zeros([self.n], tf.int32), trainable=False, name="order")
+        self.order_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="order_epoch")
+        self._next = tf.function(self.next_in_graph, autograph=False)
+        self.reset(start_step)
+
+    def reset(self, step: int) -> InGraphBatches:
+        """The next batch is that of global step `step`; returns self."""
+        if step < 0:
+            raise DatasetError(f"start_step must be >= 0, got {step}")
+        self.position.assign(step)
+        return self
+
+    def next_in_graph(self) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.name_scope("input"):  # bench.profile's data-input part
+            step = self.position.read_value()
+            epoch, offset = step // self.steps, step % self.steps
+
+            def new_epoch():
+                key = tf.random.experimental.stateless_fold_in(
+                    tf.stack([self.seed, _SHUFFLE_STREAM]), epoch
+                )
+                self.order.assign(
+                    tf.random.experimental.stateless_shuffle(tf.range(self.n), seed=key)
+                )
+                self.order_epoch.assign(epoch)
+                return tf.constant(True)
+
+            tf.cond(
+                tf.not_equal(self.order_epoch.read_value(), epoch),
+                new_epoch,
+                lambda: tf.constant(False),
+            )
+            indices = tf.slice(self.order.read_value(), [offset * self.batch_size],
+                               [self.batch_size])  # fmt: skip
+            batch = tf.gather(self.images, indices)
+            if self.augment:
+                key = tf.random.experimental.stateless_fold_in(
+                    tf.stack([self.seed, _AUGMENT_STREAM]), step
+                )
+                batch = _augment(batch, key)
+            self.position.assign_add(1)
+            index = tf.cast(batch, tf.int32)
+            if self.channels > 1:
+                index = index * self.channels + tf.range(self.channels)
+            return tf.gather(self.table, index), tf.gather(self.labels, indices)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._next()
 
 
 def eval_dataset(

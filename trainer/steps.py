@@ -92,7 +92,10 @@ class TrainStep:
         # autograph=False: the step's control flow is Python on static values (traced once per
         # `collect` level) or explicit tf.cond / tf.while_loop; nothing for autograph to convert.
         self._compiled = tf.function(self._step, autograph=False)
-        self._compiled_loop = tf.function(self._loop, autograph=False)
+        self._compiled_loop = tf.function(
+            lambda iterator, n: self._loop(iterator.get_next, n), autograph=False
+        )
+        self._source, self._compiled_source_loop = None, None
 
     def __call__(self, images, labels, collect: int = NOTHING) -> dict[str, tf.Tensor]:
         return self._compiled(images, labels, collect)
@@ -102,16 +105,28 @@ class TrainStep:
         nothing, with no host round trip between steps. Stops after the first step whose
         loss or gradient is not finite (that step applies nothing, like a single step).
 
+        `iterator` is a tf.data iterator, or an object whose `next_in_graph()` makes the next
+        batch with ops inside the loop (data.InGraphBatches: no iterator call per step); the
+        loop is traced once per such object.
+
         Returns {LOOP_STEPS: steps run (the last of them the non-finite one, if any),
         LOOP_FINITE: whether every step was finite, LOOP_LOSS / LOOP_ACCURACY: sums over the
         steps run}. Each step is the graph of `__call__(images, labels)`, so n steps here and
         n single steps give the same weights (bitwise under op determinism).
         """
-        return self._compiled_loop(iterator, tf.constant(n, tf.int32))
+        n = tf.constant(n, tf.int32)
+        if not hasattr(iterator, "next_in_graph"):
+            return self._compiled_loop(iterator, n)
+        if self._source is not iterator:
+            self._source = iterator
+            self._compiled_source_loop = tf.function(
+                lambda n: self._loop(iterator.next_in_graph, n), autograph=False
+            )
+        return self._compiled_source_loop(n)
 
-    def _loop(self, iterator, n):
+    def _loop(self, get_next, n):
         def body(i, loss, accuracy, finite):
-            images, labels = iterator.get_next()
+            images, labels = get_next()
             metrics = self._step(images, labels, NOTHING)
             ok = tf.math.is_finite(metrics[tags.LOSS])
             grads_ok = tf.math.is_finite(metrics[tags.GRAD_NORM_GLOBAL])
@@ -135,13 +150,17 @@ class TrainStep:
 
     def _replica(self, images, labels, collect: int):
         """One replica's share: loss over the global batch size, gradients, correct count."""
-        with tf.GradientTape() as tape:
+        # The name scopes are the parts bench.profile reports.
+        with tf.GradientTape() as tape, tf.name_scope("forward"):
             logits, taps = self.model.forward(images, training=True, tap=collect >= SCALARS)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
             loss = tf.reduce_sum(per_example) / self.global_batch_size
-            scale = self.loss_scale.scale if self.loss_scale else tf.constant(1.0)
-            scaled = loss * scale
-        grads = [g / scale for g in tape.gradient(scaled, self.variables)]
+            scale = self.loss_scale.scale if self.loss_scale else None
+            scaled = loss if scale is None else loss * scale
+        with tf.name_scope("backward"):
+            grads = tape.gradient(scaled, self.variables)
+            if scale is not None:
+                grads = [g / scale for g in grads]
         predictions = tf.argmax(logits, -1, output_type=labels.dtype)
         correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
         stats = {}
@@ -158,18 +177,23 @@ class TrainStep:
         loss = s.reduce(total, loss, axis=None)
         grads = [s.reduce(total, g, axis=None) for g in grads]
         lr = self.learning_rate(self.step)
-        squared = [tf.reduce_sum(tf.square(g)) for g in grads]
+        # Half the squared norm of each gradient, one op and one pass over it (l2_loss) where
+        # reduce_sum(square(g)) takes two ops and three passes: at small batches the gradient
+        # norm of the large dense kernel costs as much as a layer.
+        halves = [tf.nn.l2_loss(g) for g in grads]
         metrics = {
             tags.LOSS: loss,
             tags.ACCURACY: s.reduce(total, correct, axis=None) / self.global_batch_size,
             tags.LEARNING_RATE: lr,
-            tags.GRAD_NORM_GLOBAL: tf.sqrt(tf.add_n(squared)),
+            tags.GRAD_NORM_GLOBAL: tf.sqrt(2.0 * tf.add_n(halves)),
         }
         if collect >= SCALARS:
             by_layer: dict[str, list] = {}
-            for (layer, _, _), sq in zip(self.named, squared):
-                by_layer.setdefault(layer, []).append(sq)
-            metrics.update({tags.grad_norm(k): tf.sqrt(tf.add_n(v)) for k, v in by_layer.items()})
+            for (layer, _, _), half in zip(self.named, halves):
+                by_layer.setdefault(layer, []).append(half)
+            metrics.update(
+                {tags.grad_norm(k): tf.sqrt(2.0 * tf.add_n(v)) for k, v in by_layer.items()}
+            )
             # The replicas' activation statistics, averaged.
             mean = tf.distribute.ReduceOp.MEAN
             metrics.update({k: s.reduce(mean, v, axis=None) for k, v in stats.items()})
@@ -195,8 +219,9 @@ class TrainStep:
             self.loss_scale.update(grads_finite)
 
         def apply():
-            self.optimizer.apply(grads, self.variables, lr)
-            self.step.assign_add(1)
+            with tf.name_scope("update"):  # bench.profile's optimizer part
+                self.optimizer.apply(grads, self.variables, lr)
+                self.step.assign_add(1)
             return tf.constant(True)
 
         def skip():
