@@ -56,8 +56,8 @@ def test_eval_shows_each_runs_status_and_readable_losses(tmp_path, idx_dir):
     for name, pid in (("killed", _dead_pid()), ("live", os.getpid())):
         os.makedirs(root / name)
         shutil.copy(root / "done" / "flags.txt", root / name / "flags.txt")
-        (root / name / "lock").write_text(json.dumps(
-            {"pid": pid, "host": socket.gethostname(), "since": "2026-01-01 00:00:00"}))  # fmt: skip
+        owner = {"pid": pid, "host": socket.gethostname(), "since": "2026-01-01 00:00:00"}
+        (root / name / "lock").write_text(json.dumps(owner))
     r = run_program("eval.py", f"--model_dirs={root}")
     assert r.returncode == 1, r.stderr  # some runs could not be evaluated
     lines = {line.split()[1]: line for line in r.stdout.splitlines() if line[:1].isdigit()}
