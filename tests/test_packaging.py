@@ -35,9 +35,13 @@ def test_pyproject_declares_every_requirement_with_the_same_range():
     assert _declared() == _requirements()
 
 
-def test_a_wheel_installs_into_a_fresh_virtualenv_and_runs_a_layer(tmp_path):
+def test_a_wheel_installs_into_a_fresh_virtualenv_and_runs_a_layer_and_the_programs(
+    tmp_path, idx_dir
+):
     """Builds the wheel, installs it with its dependencies into a new virtualenv (pip's cache
-    and the package index supply them), and uses normlab.core and a Keras layer from there."""
+    and the package index supply them), and uses normlab.core and a Keras layer from there;
+    its commands answer --help and normlab-train trains, from a directory outside the
+    checkout."""
     wheels = tmp_path / "wheels"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), ROOT],
@@ -69,3 +73,29 @@ def test_a_wheel_installs_into_a_fresh_virtualenv_and_runs_a_layer(tmp_path):
     )
     assert used.returncode == 0, used.stderr[-2000:]
     assert str(env_dir) in used.stdout  # the installed copy, not the checkout
+
+    def command(*args):
+        return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              check=False)  # fmt: skip
+
+    bin_dir = env_dir / "bin"
+    for name, flag in (
+        ("normlab-train", "--model_dir="),
+        ("normlab-eval", "--model_dirs="),
+        ("normlab-report", "--preset="),
+        ("normlab-parity", "--[no]markdown"),
+    ):  # each program's usage and flags
+        r = command(str(bin_dir / name), "--help")
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+        assert "Usage:" in r.stdout and "\nFlags:\n" in r.stdout and flag in r.stdout, name
+    run_dir = tmp_path / "run"
+    r = command(str(bin_dir / "normlab-train"), f"--model_dir={run_dir}", f"--data_dir={idx_dir}",
+                "--train_steps=2", "--batch_size=16", "--validation_size=64", "--widths=8",
+                "--dense_units=16")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test accuracy" in r.stdout + r.stderr and (run_dir / "metrics.json").exists()
+    r = command(str(bin_dir / "normlab-eval"), f"--model_dirs={run_dir}")
+    assert r.returncode == 0 and "finished" in r.stdout, r.stdout + r.stderr
+    # The library's module is not a program: it says what to run instead of doing nothing.
+    r = command(python, "-m", "normlab.trainer.cli", "--help")
+    assert r.returncode == 2 and "normlab-train" in r.stderr, r.stdout + r.stderr

@@ -150,3 +150,12 @@ __all__ = [
     "run_main",
     "usage",
 ]
+
+
+if __name__ == "__main__":  # `python -m normlab.trainer.cli`: a library, not a program
+    print(
+        "normlab.trainer.cli is the programs' shared code, not a program. Train with "
+        "normlab-train (python train.py in a checkout); normlab-train --help lists its flags.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
