@@ -4,6 +4,7 @@ Modules, in the order the command uses them:
     cli.py          report.py's flags and main
     design.py       presets, the cells and jobs (names, configs, hashes), the ordered plan,
                     shards, the cost model, budgets
+    power.py        seeds by power from the pilot's records
     suite.py        does the jobs that have no record (in K processes with --jobs), writes each
                     record as it finishes
     analyses.py     what the trainer does not record, on the run's weights: per-layer parity,

@@ -5,8 +5,8 @@
 * `twins`: custom, built-in and a one-ulp-perturbed custom model, each a Trainer from the
   run's config, trained in lock step by the trainer's step on the same batches: how far apart
   the built-in drifts, against how far any rounding-sized difference drifts.
-* `bn_eval`: a batch-norm run's test accuracy with the statistics of test batches of its
-  training batch size (training mode) vs its moving statistics (inference mode).
+* `bn_stats`: a batch-norm run's accuracy with each population method (plain and
+  bias-corrected moving averages beside precise BN) and Wu & Johnson's train-test gap.
 * `cost`: ms per training step of each norm's CNN, interleaved by bench.model's timer.
 * `parity_table`: core.parity.table(), the float32/16 parity of every norm and built-in.
 """
@@ -25,10 +25,6 @@ from normlab.core import parity, registry
 from normlab.trainer import summaries
 from normlab.trainer.config import Config
 from normlab.trainer.trainer import Trainer
-
-# The test-set order of the batch-statistics evaluation: random batches, not the file order.
-EVAL_ORDER_SEED = 1234
-
 
 def _trainer(config: Config, model_dir: str, splits, read_only: bool = False) -> Trainer:
     return Trainer(config, model_dir, splits=splits, log=lambda _: None, read_only=read_only)
@@ -134,42 +130,78 @@ def twins(config: Config, splits, n_steps: int) -> dict:
     return out
 
 
-def bn_eval(config: Config, run_dir: str, splits) -> dict:
-    """Test accuracy with batch statistics (training mode, batches of the training size, the
-    test set shuffled once and its remainder dropped) vs moving statistics (inference), on the
-    same examples. The moving statistics that training-mode calls update are put back."""
+def moving_statistics(model) -> dict:
+    """{"bias_corrected": ..., "plain": ...}: each a population.Statistics of the model's
+    batch-norm modules, trained with bias-corrected moving averages. The plain average (Keras':
+    started at mean 0, variance 1) is exactly derived from them: after t updates it holds
+    momentum^t of its start and (1 - momentum^t) of the zero-started average, whose corrected
+    form is what the modules hold, so plain = m^t * start + (1 - m^t) * corrected."""
+    from normlab.models import population
+
+    corrected, plain = {}, {}
+    for m in population.batch_norm_modules(model):
+        mean, var = tf.convert_to_tensor(m.moving_mean), tf.convert_to_tensor(m.moving_variance)
+        t = tf.cast(tf.convert_to_tensor(m.moving_count), tf.float32)
+        kept = tf.pow(tf.constant(m.momentum, tf.float32), t)
+        kept = tf.reshape(kept, kept.shape + [1] * (mean.shape.rank - kept.shape.rank))
+        corrected[m] = (mean, var)
+        plain[m] = ((1 - kept) * mean, kept + (1 - kept) * var)
+    return {"bias_corrected": corrected, "plain": plain}
+
+
+def evaluate_with(trainer: Trainer, statistics: dict, split: str) -> dict:
+    """The trainer's inference-mode evaluation of `split` with batch norm's statistics set to
+    `statistics` (put back afterwards)."""
+    from normlab.models import population
+    from normlab.trainer import steps
+
+    dataset, y = trainer.splits.eval_batches(split, trainer.config.eval_batch_size)
+    with population.using(statistics):
+        return steps.evaluate(trainer.eval_step, dataset, y, trainer.splits.info.num_classes)
+
+
+def bn_stats(config: Config, run_dir: str, splits) -> dict:
+    """A batch-norm run's accuracy by every population method, and Wu & Johnson's train-test
+    inconsistency: validation and test accuracy with the plain and the bias-corrected moving
+    averages (precise BN's are the run's own results); for the CNN, accuracy with mini-batch
+    statistics (training mode, batches of the training size) on the first validation_size
+    training examples and on the validation set. Training-mode calls move the moving
+    statistics: they are put back."""
     from normlab import data
 
-    model, b = _trainer(config, run_dir, splits, read_only=True).model, config.batch_size
-    order = np.random.default_rng(EVAL_ORDER_SEED).permutation(len(splits.test_x))
-    order = order[: len(order) // b * b]
-    x, y = splits.test_x[order], splits.test_y[order]
+    trainer = _trainer(dataclasses.replace(config, bn_population="moving_average"), run_dir,
+                       splits, read_only=True)  # fmt: skip
+    model, out = trainer.model, {}
+    for method, statistics in moving_statistics(model).items():
+        for split in ("val", "test"):
+            result = evaluate_with(trainer, statistics, split)
+            out[f"{split}_accuracy_{method}"] = result.get("accuracy")
+    if config.arch == "lstm":
+        return out
+    b = config.batch_size
+    n = max(len(splits.val_y), b) // b * b
+    predict = tf.function(
+        lambda images: tf.argmax(model(images, training=True), -1, output_type=tf.int32),
+        autograph=False,
+    )
 
-    def accuracy(batch_size: int, training: bool) -> float:
-        predict = tf.function(
-            lambda images: tf.argmax(model(images, training=training), -1, output_type=tf.int32),
-            autograph=False,
-        )
+    def batch_stats_accuracy(x, y) -> float:
         dataset = data.eval_dataset(
-            x, y, batch_size=batch_size, pixel_mean=splits.pixel_mean, pixel_std=splits.pixel_std
+            x[:n], y[:n], batch_size=b, pixel_mean=splits.pixel_mean, pixel_std=splits.pixel_std
         )
-        return sum(
-            int(tf.reduce_sum(tf.cast(predict(i) == lab, tf.int32))) for i, lab in dataset
-        ) / len(y)
+        hits = sum(int(tf.reduce_sum(tf.cast(predict(i) == lab, tf.int32))) for i, lab in dataset)
+        return hits / len(y[:n])
 
     moving = [v for v in model.variables if not v.trainable]
     saved = [v.numpy() for v in moving]
     try:
-        inference = accuracy(config.eval_batch_size, training=False)
-        batch_stats = accuracy(b, training=True)
+        out["train_accuracy_batch_stats"] = batch_stats_accuracy(splits.train_x, splits.train_y)
+        out["val_accuracy_batch_stats"] = batch_stats_accuracy(splits.val_x, splits.val_y)
     finally:
         for v, value in zip(moving, saved):
             v.assign(value)
-    return {
-        "examples": len(y),
-        "inference_accuracy": inference,
-        "batch_stats_accuracy": batch_stats,
-    }
+    out["batch_stats_examples"] = n
+    return out
 
 
 def cost(configs: dict[str, Config], splits, rounds: int, n_steps: int) -> dict:

@@ -25,6 +25,12 @@ UNITS = {ACCURACY: (100, 2, " pts"), STEPS: (1, 0, " steps"), MS: (1, 2, " ms")}
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
+    """A claim of a paper as a test: A vs B on `metric`. A side with a "minus" selector is a
+    contrast: per seed, its value minus the value of the "minus" cell (an interaction).
+    `paper_effect` is the difference the paper reports on the metric's scale, when it reports
+    one that transfers (the power rule uses the smaller of it and the pilot's); `pilot` names
+    the pilot's cells when they differ from the claim's own."""
+
     id: str
     text: str
     source: str
@@ -32,15 +38,25 @@ class Claim:
     a: dict
     b: dict
     kind: str = GREATER
+    paper_effect: float | None = None
+    pilot: tuple[dict, dict] | None = None
 
-    def sides(self) -> tuple[dict, dict]:
-        return self.a, self.b
+    def sides(self) -> tuple[dict, ...]:
+        """Every cell selector the claim reads (the contrasts' subtracted cells too)."""
+        return tuple(s for side in (self.a, self.b) for s in (side, side.get("minus")) if s)
 
 
 def _s(section, norm, **kw) -> dict:
     return dict(sections=section, norm=norm, **kw)
 
 
+def _drop(norm: str) -> dict:
+    """norm's accuracy at the largest batch minus at the smallest, per seed (batch sweep)."""
+    return _s("batch", norm, batch_size="max_batch",
+              minus=_s("batch", norm, batch_size="min_batch"))  # fmt: skip
+
+
+_WN = ("Salimans & Kingma 2016 (Adam; v ~ N(0, 0.05), g and b from one batch)")
 CLAIMS = (
     Claim("bn_acc", "Batch norm reaches a higher test accuracy than no normalization",
           "Ioffe & Szegedy 2015", ACCURACY, _s("cnn", "batch"), _s("cnn", "none")),
@@ -51,28 +67,30 @@ CLAIMS = (
           "Ioffe & Szegedy 2015", ACCURACY, _s("lr", "batch", learning_rate="lr10"),
           _s("lr", "none", learning_rate="lr10")),
     Claim("bn_over_ln_cnn", "Batch norm beats layer norm in ConvNets",
-          "Ba, Kiros & Hinton 2016, section 6.7", ACCURACY, _s("cnn", "batch"),
-          _s("cnn", "layer")),
+          "Ba, Kiros & Hinton 2016, section 6.7; Wu & He 2018 (23.6% vs 25.3% error)", ACCURACY,
+          _s("cnn", "batch"), _s("cnn", "layer"), paper_effect=0.017),
     Claim("ln_over_bn_small", "Layer norm beats batch norm at the smallest batch",
           "Ba et al. 2016; Wu & He 2018", ACCURACY, _s("batch", "layer", batch_size="min_batch"),
           _s("batch", "batch", batch_size="min_batch")),
     Claim("gn_over_bn_small", "Group norm beats batch norm at the smallest batch",
           "Wu & He 2018 (24.1% vs 34.7% error at batch 2)", ACCURACY,
           _s("batch", "group", batch_size="min_batch"),
-          _s("batch", "batch", batch_size="min_batch")),
-    Claim("ln_flat", "Layer norm's accuracy does not depend on the batch size",
-          "Ba et al. 2016", ACCURACY, _s("batch", "layer", batch_size="min_batch"),
-          _s("batch", "layer", batch_size="max_batch"), EQUIVALENT),
-    Claim("gn_flat", "Group norm's accuracy does not depend on the batch size", "Wu & He 2018",
-          ACCURACY, _s("batch", "group", batch_size="min_batch"),
-          _s("batch", "group", batch_size="max_batch"), EQUIVALENT),
-    Claim("ln_over_bn_lstm", "Layer norm beats recurrent batch norm in the LSTM",
-          "Ba et al. 2016 vs Cooijmans et al. 2016", ACCURACY, _s("lstm", "layer"),
-          _s("lstm", "batch")),
+          _s("batch", "batch", batch_size="min_batch"), paper_effect=0.106),
+    Claim("bn_drop_over_ln", "Batch norm loses more accuracy than layer norm from the largest "
+          "batch to the smallest (the interaction, paired by seed)", "Ba et al. 2016; Wu & He "
+          "2018", ACCURACY, _drop("batch"), _drop("layer")),
+    Claim("bn_drop_over_gn", "Batch norm loses more accuracy than group norm from the largest "
+          "batch to the smallest (the interaction, paired by seed)", "Wu & He 2018 (BN 23.6% "
+          "to 34.7% error from batch 32 to 2, GN 24.1% at both)", ACCURACY, _drop("batch"),
+          _drop("group"), paper_effect=0.111),
+    Claim("ln_over_bn_lstm", "Layer norm beats recurrent batch norm in the LSTM (test accuracy, "
+          "population statistics)", "Ba et al. 2016 vs Cooijmans et al. 2016", ACCURACY,
+          _s("lstm", "layer"), _s("lstm", "batch")),
     Claim("ln_lstm_speed", "The LN-LSTM reaches the threshold in fewer steps than the LSTM",
           "Ba et al. 2016", STEPS, _s("lstm", "layer"), _s("lstm", "none")),
     Claim("bn_lstm_speed", "Recurrent batch norm reaches the threshold in fewer steps than "
-          "the LSTM", "Cooijmans et al. 2016", STEPS, _s("lstm", "batch"), _s("lstm", "none")),
+          "the LSTM (validation with population statistics)", "Cooijmans et al. 2016", STEPS,
+          _s("lstm", "batch"), _s("lstm", "none")),
     Claim("bn_gain", "Recurrent batch norm with gain 0.1 beats gain 1.0",
           "Cooijmans et al. 2016, section 4", ACCURACY,
           _s("lstm_gain", "batch", recurrent_gain=0.1),
@@ -80,9 +98,13 @@ CLAIMS = (
     Claim("wn_cost", "Weight norm costs less per training step than batch norm",
           "Salimans & Kingma 2016 (BN ~16% slower)", MS, dict(kind="cost", measure="weight"),
           dict(kind="cost", measure="batch")),
-    Claim("wn_init", "Weight norm's data-dependent init beats g = ||v||",
-          "Salimans & Kingma 2016", ACCURACY, _s("wn_init", "weight", wn_init="data"),
+    Claim("wn_init", "Weight norm's data-dependent init beats g = ||v|| (SGD, each at its "
+          "chosen rate)", _WN, ACCURACY, _s("wn_init", "weight", wn_init="data"),
           _s("wn_init", "weight", wn_init="norm")),
+    Claim("wn_init_adam", "Weight norm's data-dependent init beats g = ||v|| (Adam 1e-3)", _WN,
+          ACCURACY, _s("wn_adam", "weight", wn_init="data"),
+          _s("wn_adam", "weight", wn_init="norm"),
+          pilot=(_s("wn_init", "weight", wn_init="data"), _s("wn_init", "weight", wn_init="norm"))),
 )  # fmt: skip
 
 
@@ -91,14 +113,14 @@ def symbols(preset) -> dict:
     return {
         "min_batch": min(preset.batch_sizes),
         "max_batch": max(preset.batch_sizes),
-        "lr10": preset.high_rates[0],
+        "lr10": preset.high_rate,
     }
 
 
 def uses(side: dict, facts: dict, symbols_: dict | None = None) -> bool:
     """Whether a job or record with `facts` (design.facts) belongs to `side`."""
     for key, want in side.items():
-        if key in ("kind", "measure"):
+        if key in ("kind", "measure", "minus"):
             continue  # checked below; which of a measurement's results a side reads
         want = (symbols_ or {}).get(want, want) if isinstance(want, str) else want
         if isinstance(want, str) and want in ("min_batch", "max_batch", "lr10"):
@@ -148,8 +170,36 @@ class Result:
         return shown + margin + (f"; {', '.join(notes)}" if notes else "")
 
 
+    def plainly(self) -> str:
+        """What the interval shows, in words: '+4.60 pts, interval [-1.62, 10.82] contains 0
+        with 3 seeds'; 'not yet trained' without runs."""
+        e = self.estimate
+        if e is None:
+            return "not yet trained" if not (self.a.runs or self.b.runs) else "no paired runs"
+        scale, digits, unit = UNITS[self.claim.metric]
+        n = f"{e.n} {'rounds' if self.claim.metric == MS else 'seeds'}"
+        head = f"{e.mean * scale:+.{digits}f}{unit}"
+        if not e.has_interval:
+            return f"{head}, no interval with {n}"
+        where = "contains 0" if e.low <= 0 <= e.high else ("lies above 0" if e.low > 0
+                                                           else "lies below 0")  # fmt: skip
+        text = f"{head}, interval [{e.low * scale:.{digits}f}, {e.high * scale:.{digits}f}] " \
+               f"{where} with {n}"  # fmt: skip
+        if self.raw != self.verdict:
+            text += f" ({self.raw} by its own interval, not under Holm's rule)"
+        return text
+
+
 def side_values(side: dict, records: list[dict], metric: str, ctx) -> Side:
-    """The per-seed (per-round) values of one side's records."""
+    """The per-seed (per-round) values of one side's records; for a contrast, per seed its
+    cell's value minus its "minus" cell's (seeds both have), runs and failures of both."""
+    if "minus" in side:
+        plus = side_values({k: v for k, v in side.items() if k != "minus"}, records, metric, ctx)
+        minus = side_values(side["minus"], records, metric, ctx)
+        shared = plus.values.keys() & minus.values.keys()
+        return Side({k: plus.values[k] - minus.values[k] for k in sorted(shared)},
+                    plus.runs + minus.runs, plus.diverged + minus.diverged,
+                    plus.not_reached + minus.not_reached)  # fmt: skip
     mine = [r for r in records if uses(side, ctx.facts(r), ctx.symbols)]
     if side.get("kind") == "cost":
         rounds = mine[0]["result"]["ms_per_step"].get(side["measure"], []) if mine else []
@@ -173,7 +223,8 @@ def evaluate(records: list[dict], ctx) -> list[Result]:
         a = side_values(claim.a, records, claim.metric, ctx)
         b = side_values(claim.b, records, claim.metric, ctx)
         sign = 1 if HIGHER_IS_BETTER[claim.metric] else -1
-        bounds = (-1.0, 1.0) if claim.metric == ACCURACY else None
+        width = 2.0 if "minus" in claim.a else 1.0  # a contrast of differences: +-2
+        bounds = (-width, width) if claim.metric == ACCURACY else None
         oriented = (
             {k: sign * v for k, v in a.values.items()},
             {k: sign * v for k, v in b.values.items()},

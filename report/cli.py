@@ -144,7 +144,7 @@ def program(argv: list[str], doc: str) -> int:
 
 def main(fv: flags.FlagValues = flags.FLAGS) -> int:
     """What the parsed flags `fv` ask for: --write, --plan, or train what has no record."""
-    from normlab.report import records, suite, writer
+    from normlab.report import records, suite, tables, writer
 
     preset = design.PRESETS[fv.preset]
     root, results, out = paths(preset.name, fv.root, fv.results, fv.out)
@@ -158,23 +158,38 @@ def main(fv: flags.FlagValues = flags.FLAGS) -> int:
 
     setup = suite.Setup(preset, root, results, data_dir, out, commit=machine.commit())
     examples = len(suite._splits(setup).train_x)
-    jobs = design.shard(design.plan(preset, data_dir, examples), index, count)
+
+    def jobs_now() -> list:
+        """The shard of the plan with the learning rates the tuning records choose so far."""
+        chosen = tables.chosen_rates(
+            tables.tuning(tables.Context(preset, records.load_all(results, preset.name)))
+        )
+        return design.shard(design.plan(preset, data_dir, examples, chosen), index, count)
+
     if fv.plan:
-        print_plan(preset, jobs, results, fv.jobs)
+        print_plan(preset, jobs_now(), results, fv.jobs)
         return 0
 
     def say(line: str) -> None:
         print(f"report: {line}", flush=True)
 
-    start = time.perf_counter()
-    failures = suite.run_all(
-        jobs,
-        setup,
-        fv.jobs,
-        say,
-        (lambda line: say(f"    {line}")) if fv.verbose else (lambda _: None),
-        fv.commit_records,
-    )
+    start, failures, ready = time.perf_counter(), 0, None
+    while True:  # again while the tuning runs just trained choose more cells' rates
+        jobs = jobs_now()
+        now = [j for j in jobs if not j.pending]
+        if ready is not None and {j.name for j in now} <= ready:
+            break
+        ready = {j.name for j in now}
+        failures += suite.run_all(
+            now,
+            setup,
+            fv.jobs,
+            say,
+            (lambda line: say(f"    {line}")) if fv.verbose else (lambda _: None),
+            fv.commit_records,
+        )
+    if any(j.pending for j in jobs):
+        say(f"{sum(j.pending for j in jobs)} jobs wait for tuning runs this shard does not have")
     path = writer.write(preset, results, out)
     say(f"wrote {path} ({time.perf_counter() - start:.0f} s this session)")
     return 1 if failures else 0
@@ -198,7 +213,7 @@ def print_plan(preset: design.Preset, jobs: list, results: str, at_once: int) ->
         done += finished
         steps = job.config.train_steps if job.config else "-"
         rows.append((i, job.name, ",".join(job.sections), steps, duration(seconds)))
-        rows[-1] += ("yes" if finished else "",)
+        rows[-1] += ("yes" if finished else "after tuning" if job.pending else "",)
     width = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
     right = (True, False, False, True, True, False)
     for r in [head, *rows]:
@@ -206,7 +221,8 @@ def print_plan(preset: design.Preset, jobs: list, results: str, at_once: int) ->
         print("  ".join(cells).rstrip())
     measured, measured_at_once = records.measured(records.sessions(results, preset.name))
     print(
-        f"\n{len(jobs)} jobs, {done} with a record (done).\n"
+        f"\n{len(jobs)} jobs, {done} with a record (done), {sum(j.pending for j in jobs)} "
+        "waiting for their learning rate (the tuning runs' records choose it).\n"
         "Predicted by the cost model (fixed + steps x per step + evaluated examples x per "
         "example; coefficients measured on 2 cores, BUILD_NOTES.md): "
         f"{design.predicted(total, [at_once, *measured_at_once])}.\n"

@@ -69,6 +69,53 @@ def curves(rows, directory: str, name: str, title: str, threshold: float) -> str
     return _save(fig, directory, name)
 
 
+def _band(ax, per_seed, steps, color, label):
+    mean = per_seed.mean(0)
+    ax.plot(steps, mean, color=color, label=label)
+    if len(per_seed) > 1:
+        half = stats.t_quantile(0.975, len(per_seed) - 1) * per_seed.std(0, ddof=1)
+        ax.fill_between(steps, mean - half / np.sqrt(len(per_seed)),
+                        mean + half / np.sqrt(len(per_seed)), color=color, alpha=0.2)  # fmt: skip
+
+
+def lstm(rows, directory: str, threshold: float) -> str | None:
+    """Three panels, mean and 95% band over seeds: training loss (no population statistics
+    involved); validation accuracy with population statistics (precise BN for batch norm);
+    recurrent batch norm's validation accuracy with precise BN, bias-corrected and plain
+    moving averages (the moving averages' warm-up)."""
+    rows = [r for r in rows if r.records]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for r in rows:
+        color, label = COLORS.get(r.norm), f"{r.label} ({len(r.records)} seeds)"
+        for ax, step_key, key in ((axes[0], "train_step", "train_loss"),
+                                  (axes[1], "step", "accuracy")):  # fmt: skip
+            curves = [(c[step_key], c[key]) for c in (x["curve"] for x in r.records) if c.get(key)]
+            if curves:
+                steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
+                _band(ax, np.array([np.interp(steps, s, v) for s, v in curves]), steps, color,
+                      label)  # fmt: skip
+        if r.norm == "batch":
+            methods = (("accuracy", "precise BN", "-"), ("accuracy_bias_corrected",
+                       "bias-corrected moving averages", "--"),
+                       ("accuracy_plain", "plain moving averages", ":"))  # fmt: skip
+            for key, name, style in methods:
+                curves = [(x["curve"]["step"], x["curve"][key]) for x in r.records
+                          if x["curve"].get(key)]  # fmt: skip
+                if curves:
+                    steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
+                    mean = np.array([np.interp(steps, s, v) for s, v in curves]).mean(0)
+                    axes[2].plot(steps, mean, style, color=color, label=name)
+    axes[1].axhline(threshold, color="black", lw=0.8, ls=":", label=f"threshold {threshold:.0%}")
+    axes[0].set(title="training loss", xlabel="training step", yscale="log")
+    axes[1].set(title="validation accuracy, population statistics", xlabel="training step")
+    axes[2].set(title="recurrent batch norm: validation accuracy by method", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    return _save(fig, directory, "lstm.png")
+
+
 def sweep(panels, directory: str, name: str) -> str | None:
     """Test accuracy against a swept setting per norm (error bars: 95% intervals within
     [0, 1]); the settings are the tick labels; x marks cells where a seed diverged."""
@@ -92,13 +139,13 @@ def sweep(panels, directory: str, name: str) -> str | None:
                 capsize=3,
                 label=norm,
             )
-            bn = [(v, r.bn_eval.mean) for v, r in cells_ if r.bn_eval]
+            bn = [(v, r.gap["val_batch"].mean) for v, r in cells_ if r.gap.get("val_batch")]
             if bn:
                 ax.plot(
                     *zip(*bn),
                     "--",
                     color=COLORS.get(norm),
-                    label=f"{norm}, batch statistics at test",
+                    label=f"{norm}, mini-batch statistics on validation",
                 )
             for v, r in cells_:
                 if r.diverged:
@@ -117,7 +164,8 @@ def sweep(panels, directory: str, name: str) -> str | None:
         ax.set_xticklabels([f"{v:g}" for v in values])
         lows = [r.acc.low if r.acc.has_interval else r.acc.mean
                 for cells_ in cells.values() for _, r in cells_ if r.acc]  # fmt: skip
-        lows += [r.bn_eval.mean for cells_ in cells.values() for _, r in cells_ if r.bn_eval]
+        lows += [r.gap["val_batch"].mean for cells_ in cells.values() for _, r in cells_
+                 if r.gap.get("val_batch")]  # fmt: skip
         ax.set(title=title, xlabel=xlabel, ylabel="test accuracy")
         ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.0)
         ax.legend(fontsize=8)

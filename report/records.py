@@ -103,6 +103,12 @@ def run_record(job, preset: str, run_dir: str, outcome: dict, machine_info: dict
         "accuracy": [float(a) for a in acc],
         "loss": [float(loss.get(s, float("nan"))) for s in steps],
     }
+    for method in ("plain", "bias_corrected"):  # suite's EmaCurvesTrainer: the moving averages
+        if f"{tags.ACCURACY}_{method}" in evals:
+            curve[f"accuracy_{method}"] = [float(a) for a in evals[f"{tags.ACCURACY}_{method}"][1]]
+    train_steps, train_loss = train.get(tags.LOSS, ([], []))
+    curve["train_step"] = [int(s) for s in train_steps]
+    curve["train_loss"] = [float(v) for v in train_loss]
     inside = {}
     for tag, (_, values) in train.items():
         parts = tag.split("/")
@@ -157,3 +163,22 @@ def measured(sessions_: list[dict], bold: str = "") -> tuple[str, list[int]]:
         f"{k} job{'s' if at_once != [1] else ''} at once"
     )
     return text, at_once
+
+
+def overhead(recs) -> tuple[float, float, int]:
+    """(summed wall seconds, summed training seconds, records) over complete runs without
+    analyses: how much of a job's time is not training (the suite's target: ratio <= 1.25)."""
+    runs = [
+        r for r in recs
+        if r.get("kind") == "run" and r.get("status") == COMPLETE and not r.get("analyses")
+        and r.get("train_seconds") and r.get("wall_seconds")
+    ]  # fmt: skip
+    return sum(r["wall_seconds"] for r in runs), sum(r["train_seconds"] for r in runs), len(runs)
+
+
+def overhead_text(recs) -> str:
+    wall, train, n = overhead(recs)
+    if not n:
+        return "not measured (no complete run without analyses)"
+    return (f"summed wall / summed training seconds = {wall / train:.2f} over {n} runs without "
+            f"analyses ({wall:.0f} / {train:.0f} s; target <= 1.25)")  # fmt: skip

@@ -203,3 +203,28 @@ def _incomplete_beta(a: float, b: float, x: float) -> float:
         if abs(1.0 - c * d) < 1e-14:
             break
     return math.exp(log_front) * (f - 1.0) / a
+
+
+# -- seeds by power ---------------------------------------------------------------------------
+
+
+def seeds_for_power(sd: float, effect: float, alpha: float, power: float = 0.8) -> int:
+    """The smallest n >= 2 with n >= ((t(1 - alpha/2, n-1) + t(power, n-1)) * sd / effect)^2:
+    the seeds a paired comparison needs to detect a true mean difference `effect` at two-sided
+    level `alpha` with probability `power`, when per-seed differences have standard deviation
+    `sd` (the rule solved by iterating n, as the t quantiles depend on it)."""
+    if not (sd > 0 and effect > 0):
+        return 2
+    n = 2
+    while n < 10**6:
+        need = ((t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / effect) ** 2
+        if n >= need:
+            return n
+        n += 1
+    return n
+
+
+def detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
+    """The smallest true difference n seeds detect with `power` at two-sided level `alpha`:
+    (t(1 - alpha/2, n-1) + t(power, n-1)) * sd / sqrt(n), the rule above solved for the effect."""
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)

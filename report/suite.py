@@ -121,7 +121,8 @@ def _train(job, setup: Setup, splits, log) -> dict:
     status, step = records.COMPLETE, None
     # Resumes from its checkpoint; one killed before its first checkpoint starts again from
     # step 0 by itself (start_over=True would set aside a run that has checkpoints).
-    trainer = Trainer(job.config, run_dir, splits=splits, log=log)
+    kind = _ema_curves_trainer() if "ema_curves" in job.analyses else Trainer
+    trainer = kind(job.config, run_dir, splits=splits, log=log)
     try:
         trainer.train_and_evaluate()
     except NonFiniteError as e:
@@ -133,6 +134,29 @@ def _train(job, setup: Setup, splits, log) -> dict:
     return {"status": status, "diverged_at_step": step, "wall_seconds": wall}
 
 
+def _ema_curves_trainer():
+    from normlab.report import analyses
+    from normlab.trainer.trainer import Trainer
+
+    class EmaCurvesTrainer(Trainer):
+        """At every validation, also validates with the plain and the bias-corrected moving
+        averages (analyses.moving_statistics), written beside the run's own curve as
+        `metrics/accuracy_<method>`: the moving averages' warm-up, seen step by step."""
+
+        def _validate(self, step: int) -> dict:
+            result = super()._validate(step)
+            if result:
+                for method, stats in analyses.moving_statistics(self.model).items():
+                    other = analyses.evaluate_with(self, stats, "val")
+                    self.writers["eval"].write(step, {f"{EMA_TAG}_{method}": other["accuracy"]})
+            return result
+
+    return EmaCurvesTrainer
+
+
+EMA_TAG = "metrics/accuracy"
+
+
 def _analyses(job, run_dir, splits, preset) -> dict:
     from normlab.report import analyses
 
@@ -141,8 +165,8 @@ def _analyses(job, run_dir, splits, preset) -> dict:
         out["layer_parity"] = analyses.layer_parity(c, run_dir, splits)
     if "twins" in job.analyses:
         out["twins"] = analyses.twins(c, splits, preset.twin_steps)
-    if "bn_eval" in job.analyses:
-        out["bn_eval"] = analyses.bn_eval(c, run_dir, splits)
+    if "bn_stats" in job.analyses:
+        out["bn_stats"] = analyses.bn_stats(c, run_dir, splits)
     return out
 
 

@@ -63,7 +63,10 @@ class Context:
 
 @dataclasses.dataclass
 class Row:
-    """One cell over seeds."""
+    """One cell over seeds. For batch norm: test accuracy with the plain and bias-corrected
+    moving averages (the run's own uses precise BN), and Wu & Johnson's accuracies with
+    mini-batch statistics on training data and on validation data, and with population
+    statistics on validation data."""
 
     label: str
     norm: str
@@ -75,14 +78,27 @@ class Row:
     ms: stats.Estimate | None
     by_seed: dict  # seed -> test accuracy (diverged: chance)
     curves: list  # (steps, accuracies) per complete seed
-    bn_eval: stats.Estimate | None = None  # batch statistics at test time
-    gap: stats.Estimate | None = None  # inference minus training mode
+    moving: dict = dataclasses.field(default_factory=dict)  # method -> test accuracy Estimate
+    gap: dict = dataclasses.field(default_factory=dict)  # W&J's three accuracies, Estimates
+    records: list = dataclasses.field(default_factory=list)
+
+
+_GAP = (("train_batch", "train_accuracy_batch_stats"), ("val_batch", "val_accuracy_batch_stats"))
 
 
 def row(ctx: Context, label: str, rs: list[dict]) -> Row:
     done = [r for r in rs if r["status"] == records.COMPLETE]
     steps = [ctx.metric(r, claims.STEPS) for r in done]
-    evals = [r["analyses"]["bn_eval"] for r in done if "bn_eval" in r.get("analyses", {})]
+    bn = [r["analyses"]["bn_stats"] for r in done if "bn_stats" in r.get("analyses", {})]
+    with_bn = [r for r in done if "bn_stats" in r.get("analyses", {})]
+    moving = {m: stats.mean_ci([b.get(f"test_accuracy_{m}") for b in bn], ACC_BOUNDS)
+              for m in ("plain", "bias_corrected")} if bn else {}  # fmt: skip
+    gap = {k: stats.mean_ci([b.get(key) for b in bn], ACC_BOUNDS) for k, key in _GAP
+           if any(key in b for b in bn)}  # fmt: skip
+    if gap:
+        gap["val_population"] = stats.mean_ci(
+            [r["final"]["val_accuracy"] for r in with_bn], ACC_BOUNDS
+        )
     return Row(
         label=label,
         norm=rs[0]["config"]["norm"] if rs else "",
@@ -94,11 +110,41 @@ def row(ctx: Context, label: str, rs: list[dict]) -> Row:
         ms=stats.mean_ci([r["ms_per_step"] for r in done], TIME_BOUNDS),
         by_seed={r["config"]["seed"]: ctx.metric(r, claims.ACCURACY) for r in rs},
         curves=[(r["curve"]["step"], r["curve"]["accuracy"]) for r in done],
-        bn_eval=stats.mean_ci([e["batch_stats_accuracy"] for e in evals], ACC_BOUNDS),
-        gap=stats.mean_ci(
-            [e["inference_accuracy"] - e["batch_stats_accuracy"] for e in evals], (-1.0, 1.0)
-        ),
+        moving=moving,
+        gap=gap,
+        records=done,
     )
+
+
+def tuning(ctx: Context) -> dict:
+    """{tuned key: {rate: mean final validation accuracy over the tuning seeds, or None while
+    a seed's record is missing}} (a diverged run counts at chance). Validation only: the
+    choice never sees test."""
+    p, out = ctx.preset, {}
+    for key in design.TUNED:
+        norm, _, init = key.partition("/")
+        out[key] = {}
+        for rate in p.lr_grid:
+            rs = ctx.select(sections="tune", norm=norm, wn_init=init or "norm",
+                            learning_rate=rate)  # fmt: skip
+            seeds = {r["config"]["seed"] for r in rs}
+            values = [
+                r["final"]["val_accuracy"] if r["status"] == records.COMPLETE else ctx.chance(r)
+                for r in rs
+            ]
+            complete = seeds >= set(range(p.tune_seeds))
+            out[key][rate] = sum(values) / len(values) if complete and values else None
+    return out
+
+
+def chosen_rates(table: dict) -> dict:
+    """{tuned key: the rate of highest mean validation accuracy (a tie: the smaller rate)},
+    for the keys whose every rate has its tuning records."""
+    return {
+        key: max(sorted(rates), key=lambda r: (rates[r], -r))
+        for key, rates in table.items()
+        if rates and all(v is not None for v in rates.values())
+    }
 
 
 def comparison(ctx: Context, section: str, norms, **fixed) -> list[Row]:
@@ -128,8 +174,9 @@ def sweep(ctx: Context, section: str, setting: str) -> dict[str, list[tuple[floa
 
 @dataclasses.dataclass
 class Ranking:
-    """The leader of a comparison and how its lead stands: 'best' only if the paired interval
-    of its lead over every other norm lies above 0; otherwise tied with those it does not."""
+    """The leader of a comparison and how its lead stands, under the claims' rule: its paired
+    lead over each other norm is tested, the p-values held to Holm's rule; it is 'best' only if
+    every lead lies above 0 and Holm rejects every one; tied with the others."""
 
     leader: str
     tied: list[str]
@@ -146,5 +193,10 @@ def ranking(rows: list[Row]) -> Ranking | None:
         for r in rows
         if r is not leader
     }
-    tied = [n for n, e in leads.items() if e is None or not (e.has_interval and e.low > 0)]
+    names = list(leads)
+    rejected = stats.holm([leads[n].p if leads[n] else float("nan") for n in names])
+    tied = [
+        n for n, rej in zip(names, rejected)
+        if not (rej and leads[n] is not None and leads[n].has_interval and leads[n].low > 0)
+    ]  # fmt: skip
     return Ranking(leader.label, tied, leads)

@@ -18,19 +18,18 @@ from normlab.trainer.loop import duration
 REPORT_FILE, FIGURES_DIR = "REPORT.md", "figures"
 HOLM = (
     "**How to read it.** Each mean over seeds is followed by its 95% interval (Student's t, n - 1 "
-    "degrees of freedom). Claims compare two cells that share seeds (initial weights and data "
+    "degrees of freedom). Claims compare cells that share seeds (initial weights and data "
     "order), so each estimate is the mean of the per-seed differences A - B, oriented so that "
-    "a positive value favours A, with a paired t interval; the cost claim pairs the benchmark's "
-    "rounds. A claim that A beats B is *supported* when the interval lies above 0, "
-    "*contradicted* when it lies below, *inconclusive* when it contains 0. A claim that A "
-    "matches B is tested by two one-sided tests against +-1 accuracy point, fixed before any "
-    "run: supported when the 90% interval lies inside, contradicted when the 95% interval lies "
-    "wholly outside, inconclusive otherwise. Over the table, verdicts are held to Holm's rule at "
-    "family-wise level 0.05: a claim whose p-value Holm does not reject is inconclusive. A "
-    "diverged run counts at chance accuracy and as never reaching a threshold; a run that never "
-    "reaches a threshold is left out of that interval and counted (k of n). Intervals are "
-    "clipped to what the quantity can take (accuracy to [0, 100]%, differences to +-100 points, "
-    "times to >= 0) and then say '(clipped)'."
+    "a positive value favours A, with a paired t interval; an interaction's sides are each a "
+    "per-seed difference (accuracy at the largest batch minus at the smallest); the cost claim "
+    "pairs the benchmark's rounds. A claim that A beats B is *supported* when the interval lies "
+    "above 0, *contradicted* when it lies below, *inconclusive* when it contains 0. Over the "
+    "table, verdicts are held to Holm's rule at family-wise level 0.05: a claim whose p-value "
+    "Holm does not reject is inconclusive. A diverged run counts at chance accuracy and as "
+    "never reaching a threshold; a run that never reaches a threshold is left out of that "
+    "interval and counted (k of n). Intervals are clipped to what the quantity can take "
+    "(accuracy to [0, 100]%, differences to +-100 points, interactions to +-200, times to "
+    ">= 0) and then say '(clipped)'."
 )
 
 
@@ -56,19 +55,37 @@ def _rows_table(rows: list[tables.Row], threshold: float, with_steps: bool = Tru
         )
         line = [r.label, f"{r.runs}", f"{r.diverged}", _acc(r.acc)]
         line += [steps] if with_steps else []
-        line += [r.ms.format(1, 1, " ms") if r.ms else "n/a"]
         body.append(line)
     header = ["cell", "seeds", "diverged", "test accuracy"]
     header += [f"steps to {threshold:.0%} validation accuracy"] if with_steps else []
-    return markdown_table(header + ["ms per step (in training)"], body) if body else "No records."
+    return markdown_table(header, body) if body else "Not yet trained."
 
 
 def _rows_section(p, title: str, section: str, rows, figure: str | None = None) -> str:
     """A section of per-cell rows: its budget, its table, its validation-curve figure."""
     threshold = p.lstm_threshold if section.startswith("lstm") else p.cnn_threshold
     caption = f"{title.split(':')[0]}: validation accuracy, mean and 95% band"
-    return _section(f"## {title}", f"Budget: {design.budget(p, section)}.",
+    if section == "lstm":
+        caption = ("LSTM: training loss; validation accuracy with population statistics; "
+                   "recurrent batch norm's validation accuracy by population method")  # fmt: skip
+    return _section(f"## {title}", f"Budget: {design.budget(p, section, seeds(p, section))}.",
                     _rows_table(rows, threshold), _figure(figure, caption))  # fmt: skip
+
+
+def seeds(p: design.Preset, section: str) -> str:
+    """A section's planned seeds per cell, in words ('seeds 0-7: none, batch; 0-4: ...')."""
+    from normlab.report import power
+
+    by_n: dict = {}
+    plan_seeds = power.cell_seeds(p)
+    for cell in design.cells(p, plan_seeds):
+        if cell["section"] == section:
+            label = cell["norm"] + "".join(
+                f" {form.format(cell[k])}"
+                for k, form in (("batch_size", "b{}"), ("recurrent_gain", "gain {}"),
+                                ("wn_init", "init {}")) if k in cell)  # fmt: skip
+            by_n.setdefault(cell["seeds"], []).append(label)
+    return "seeds " + "; ".join(f"0-{n - 1} ({', '.join(cs)})" for n, cs in sorted(by_n.items()))
 
 
 def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, shown: str) -> str:
@@ -78,82 +95,159 @@ def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, 
     tfs = sorted({r["tensorflow"] for r in ctx.records})
     planned, total = sum(design.seconds(p, j) for j in jobs), len(jobs)
     measured, at_once = records.measured(sessions, bold="**")
+    made = (
+        f"; made by the code at commit{'s' if len(commits) > 1 else ''} "
+        + ", ".join(f"{c} ({n})" for c, n in commits.most_common())
+        + f".\n- Machine: {', '.join(f'{c} ({n} records)' for c, n in cpus.most_common())}; "
+        f"TensorFlow {', '.join(tfs)}"
+        if ctx.records
+        else ""
+    )
+    pending = sum(j.pending for j in jobs)
     return _section(
         "# normlab: which normalization, and why",
         f"Written by `report.py --preset={p.name} --write` from the {len(ctx.records)} records in "
         f"`{shown}/` (preset **{p.name}**: {p.description}); nothing in it is "
         "typed by hand. Train what is missing and rewrite it: "
-        f'`report.py --preset={p.name}` (BUILD_NOTES.md, "The report\'s suite").',
+        f"`report.py --preset={p.name} --jobs=2 --commit_records` "
+        '(BUILD_NOTES.md, "The report\'s suite").',
         f"- Records: {len(ctx.records)} of {total} planned jobs"
         + (f" (**{missing} missing**: the claims they feed say *not tested*)" if missing else "")
-        + f"; made by the code at commit{'s' if len(commits) > 1 else ''} "
-        + ", ".join(f"{c} ({n})" for c, n in commits.most_common())
+        + (f"; {pending} of them wait for their cell's learning rate (section tune)"
+           if pending else "")  # fmt: skip
+        + made
         + ".\n"
-        f"- Machine: {', '.join(f'{c} ({n} records)' for c, n in cpus.most_common())}; "
-        f"TensorFlow {', '.join(tfs)}.\n"
-        f"- Suite wall time: measured {measured}; predicted by the cost model of `--plan`: "
-        f"{design.predicted(planned, at_once)}.",
+        f"- Suite wall time, measured: {measured}; predicted by the cost model of `--plan` "
+        f"(predicted, not measured): {design.predicted(planned, sorted({2, *at_once}))}.\n"
+        f"- Time not spent training: {records.overhead_text(ctx.records)}.",
     )
 
 
-def answer(ctx: tables.Context, results: dict, cnn_rows: list[tables.Row]) -> str:
+def answer(ctx: tables.Context, results: dict, cnn_rows: list[tables.Row], sweep) -> str:
     rank = tables.ranking(cnn_rows)
     if rank is None:
-        best = "not tested (no records)"
+        best = "not yet trained"
     elif not rank.tied:
-        best = f"**{rank.leader} norm**: its paired lead over every other norm lies above 0"
+        best = (f"**{rank.leader} norm**: its paired lead over every other norm lies above 0 "
+                "under Holm's rule")  # fmt: skip
     else:
         best = (
-            f"**{rank.leader} norm** leads, **tied with** {', '.join(rank.tied)} (the paired "
-            "interval of its lead over each contains 0)"
+            f"**{rank.leader} norm** has the highest mean; its lead is not established over "
+            f"{', '.join(rank.tied)} (paired intervals under Holm's rule, as the claims)"
         )
 
     def v(cid: str) -> str:
         r = results[cid]
-        return f"**{r.verdict}** (claim {claims.CLAIMS.index(r.claim) + 1}: {r.evidence()})"
+        return f"{r.plainly()}: **{r.verdict}** (claim {claims.CLAIMS.index(r.claim) + 1})"
 
     ranked = sorted((r for r in cnn_rows if r.acc), key=lambda r: -r.acc.mean)
     if ranked:
         best += "; by mean test accuracy: " + ", ".join(
             f"{r.label} {100 * r.acc.mean:.2f}%" for r in ranked
         )
-
+    gaps = [
+        f"batch {b:g}: {_acc(r.gap.get('train_batch'))} / {_acc(r.gap.get('val_batch'))} / "
+        f"{_acc(r.gap.get('val_population'))}"
+        for b, r in sweep.get("batch", []) if r.gap
+    ]  # fmt: skip
     rows = [
         [
             "Which normalization works best here (CNN, Fashion-MNIST)?",
-            best,
-            "table cnn; claims "
-            + ", ".join(
-                str(claims.CLAIMS.index(results[c].claim) + 1) for c in ("bn_acc", "bn_over_ln_cnn")
-            ),
+            best + f"; batch norm over no normalization: {v('bn_acc')}",
+            "table cnn, claims 1, 4",
         ],
         [
             "Why does batch norm help?",
-            f"fewer steps: {v('bn_speed')}; higher learning rates: "
-            f"{v('bn_lr')}; each layer's activation std before and after its norm: table inside",
+            f"fewer steps: {v('bn_speed')}; higher learning rates: {v('bn_lr')}",
             "tables cnn, lr, inside",
         ],
         [
             "When does layer norm beat batch norm?",
-            f"at the smallest batch: {v('ln_over_bn_small')}; "
-            f"in the LSTM: {v('ln_over_bn_lstm')}; in ConvNets at batch "
-            f"{ctx.preset.reference_batch} "
-            f"batch norm beats it: {v('bn_over_ln_cnn')}",
+            f"at the smallest batch: {v('ln_over_bn_small')}; in the LSTM: "
+            f"{v('ln_over_bn_lstm')}; in ConvNets at batch {ctx.preset.reference_batch} batch "
+            f"norm over layer norm: {v('bn_over_ln_cnn')}",
             "tables batch, lstm",
         ],
         [
             "Why?",
-            f"layer norm's statistics are per example, so they do not depend on the batch: "
-            f"flat across batch sizes: {v('ln_flat')}, group norm {v('gn_flat')}; how far batch "
-            "norm's moving statistics are from the statistics of a batch of its training size: "
-            "table batch, column 'inference minus training mode'",
+            f"batch norm's loss of accuracy from the largest batch to the smallest, minus layer "
+            f"norm's: {v('bn_drop_over_ln')}; minus group norm's: {v('bn_drop_over_gn')}; batch "
+            "norm's train-test inconsistency (Wu & Johnson: mini-batch statistics on training "
+            "data / on validation data / population statistics on validation): "
+            + ("; ".join(gaps) if gaps else "not yet trained")
+            + "; layer and group norm compute the same statistics in training and test",
             "table batch",
         ],
     ]
     return _section(
         "## The answer",
-        "Verdicts with the claim's number in the table below; each rests on the cells named.",
+        "Each answer gives the claim's estimate with its 95% interval and what the interval "
+        "shows, then the verdict under Holm's rule (the claim's number in the table below).",
         markdown_table(["question", "answer", "rests on"], rows),
+    )
+
+
+def design_section(ctx: tables.Context, tuning: dict, chosen: dict) -> str:
+    """What was fixed before the confirmatory runs: the rate grid and each choice, the
+    thresholds, the population statistics, the pilot and the seeds by power."""
+    from normlab.report import power
+
+    p = ctx.preset
+    grid = ", ".join(f"{r:g}" for r in p.lr_grid)
+    tune_rows = [
+        [key] + [f"{100 * v:.2f}%" if v is not None else "not yet trained"
+                 for v in rates.values()] + [f"{chosen[key]:g}" if key in chosen else "-"]
+        for key, rates in tuning.items()
+    ]  # fmt: skip
+    power_rows = []
+    for i, w in enumerate(power.analysis(p), 1):
+        scale, digits, unit = claims.UNITS[w.claim.metric]
+
+        def f(x, w=w, scale=scale, digits=digits, unit=unit):
+            return "-" if x is None else f"{x * scale:.{digits}f}{unit}"
+
+        effect = f"{f(w.effect)} ({w.effect_from})" if w.effect is not None else "-"
+        capped = f"capped: detects {f(w.detectable)}" if w.capped else ""
+        n = f"{p.cost_rounds} rounds" if w.claim.metric == claims.MS else str(w.n)
+        power_rows.append([i, w.pilot_n, f(w.sd), f(w.pilot_mean), effect, f"{w.alpha:.4f}",
+                           w.required if w.required is not None else "-", n, capped])  # fmt: skip
+    return _section(
+        "## The design, fixed before the runs",
+        f"**Learning rates.** Every CNN norm (and weight norm with its data-dependent init) "
+        f"trains at each peak rate of the grid {grid} on seeds 0-{p.tune_seeds - 1} "
+        f"(section tune: {design.budget(p, 'tune')}); each takes the rate of highest mean final "
+        "validation accuracy (a tie: the smaller rate); then every seed trains at that rate, "
+        "the tuning seeds' runs reused, and test accuracy is read at that rate only (Dodge et "
+        "al. 2019). The batch sweep scales each norm's chosen rate linearly with the batch, "
+        "with a linear warm-up (Goyal et al. 2017). Weight norm's inits also train with their "
+        f"paper's optimizer, Adam at {p.adam_lr:g}.",
+        markdown_table(["norm", *(f"validation accuracy at {r:g}" for r in p.lr_grid),
+                        "chosen rate"], tune_rows),  # fmt: skip
+        f"**Thresholds.** Steps to {p.cnn_threshold:.0%} validation accuracy (CNN) and "
+        f"{p.lstm_threshold:.0%} (LSTM), interpolated between validations every "
+        f"{p.eval_examples:,} training examples (sections tune, cnn, wn_init, lstm, lstm_gain; "
+        "the other sections validate once, at the end); a run that never reaches one is "
+        "counted, not averaged in.",
+        "**Batch norm's population statistics.** Every batch-norm number uses precise BN (Wu & "
+        f"Johnson 2021): before each evaluation the population mean and variance are recomputed "
+        f"with the current weights over the first {p.precise_examples:,} training examples in "
+        "training-size batches (per time step in the LSTM). The moving averages train with "
+        "bias correction (Kingma & Ba 2015's 1 - momentum^t); at the end each batch-norm run is "
+        "also evaluated with them and with the plain average started at (0, 1) (exactly "
+        "derived from them), and the LSTM's validation curves are drawn with all three.",
+        f"**Seeds by power.** The pilot is the earlier design's {len(power.pilot_records())} "
+        "records (report/results/pilot/"
+        ": 2 epochs at one rate, 0.05, with plain moving averages; batch sweep 0.25 epochs; 3 "
+        "seeds per cell, 5 for batch vs layer norm). For each claim, n is the smallest with "
+        "n >= ((t(1 - a/2, n-1) + t(0.8, n-1)) s / d)^2: s the pilot's standard deviation of "
+        "the per-seed differences, d the smaller of the paper's effect and the pilot's mean "
+        "difference, a Holm's level at the claim's rank (ranked by the pilot's |mean| / s); at "
+        f"least {p.min_seeds} seeds, at most the budget's cap per section "
+        f"({', '.join(f'{k} {v}' for k, v in p.max_seeds)}). A cell takes the largest n of the "
+        "claims it feeds. A capped claim states the smallest difference its n detects with "
+        "80% power.",
+        markdown_table(["claim", "pilot n", "pilot s", "pilot mean", "d sought", "Holm level",
+                        "n required", "n planned", "capped"], power_rows),  # fmt: skip
     )
 
 
@@ -168,8 +262,6 @@ def claims_section(results: list[claims.Result]) -> str:
 
 
 def sweep_section(title, budget, cells: dict, setting: str, figure: str | None) -> str:
-    if not cells:
-        return ""
     values = sorted({v for cs in cells.values() for v, _ in cs})
     body = []
     for value in values:
@@ -181,20 +273,36 @@ def sweep_section(title, budget, cells: dict, setting: str, figure: str | None) 
                 text + (f" ({r.diverged} of {r.runs} diverged)" if r and r.diverged else "")
             )
         bn = dict(cells.get("batch", [])).get(value)
-        if any(r.bn_eval for cs in cells.values() for _, r in cs):
-            line += [
-                _acc(bn.bn_eval) if bn else "-",
-                bn.gap.format(100, 2, " pts") if bn and bn.gap else "-",
-            ]
+        if bn and bn.gap:
+            line += [_acc(bn.gap.get(k)) for k in ("train_batch", "val_batch", "val_population")]
         body.append(line)
     head = [setting] + [f"{n}: test accuracy" for n in cells]
-    if len(body[0]) > len(head):
-        head += ["batch: with batch statistics", "batch: inference minus training mode"]
+    if body and len(body[0]) > len(head):
+        head += ["batch norm, mini-batch statistics: training data", "validation data",
+                 "population statistics: validation data"]  # fmt: skip
     return _section(
         f"## {title}",
         f"Budget: {budget}.",
-        markdown_table(head, body),
+        markdown_table(head, [r + ["-"] * (len(head) - len(r)) for r in body])
+        if body
+        else "Not yet trained.",
         _figure(figure, f"{title}: test accuracy, mean and 95% interval"),
+    )
+
+
+def moving_section(rows: list[tables.Row]) -> str:
+    """Batch norm's test accuracy with each population method, where the runs have them."""
+    body = [
+        [r.label, _acc(r.acc), _acc(r.moving.get("bias_corrected")), _acc(r.moving.get("plain"))]
+        for r in rows
+        if r.moving
+    ]
+    return _section(
+        "## Batch norm's population statistics",
+        "Test accuracy of the same weights with precise BN (the runs' own), with the "
+        "bias-corrected moving averages, and with the plain moving averages started at (0, 1).",
+        markdown_table(["cell", "precise BN", "bias-corrected moving averages",
+                        "plain moving averages"], body) if body else "Not yet trained.",  # fmt: skip
     )
 
 
@@ -234,8 +342,9 @@ def impl_section(ctx: tables.Context, twin_fig) -> str:
         "dtype): the largest relative difference of the output and of every gradient.",
         markdown_table(["norm", "built-in", "dtype", "largest relative difference"], parity_rows)
         if parity_rows
-        else "No parity record.",
-        "**Same trained weights, same real batch** (seed 0 of section cnn, every norm layer; "
+        else "Not yet measured.",
+        f"**Same trained weights, same real batch** (seed {ctx.preset.tune_seeds} of section "
+        "cnn, every norm layer; "
         "the last column is each side's largest absolute error against NumPy in float64):",
         markdown_table(
             [
@@ -317,7 +426,7 @@ def inside_section(rows: list[dict], figure) -> str:
         "norm and after it, and the L2 norm of its gradient, at the first and the last summary.",
         markdown_table(["norm", "layer", "std before the norm", "std after", "gradient norm"], body)
         if body
-        else "No records.",
+        else "Not yet trained.",
         _figure(figure, "Activation std and gradient norm per layer: first and last summary"),
     )
 
@@ -335,7 +444,7 @@ def cost_section(ctx: tables.Context, estimates: dict, figure) -> str:
         f"{p.reference_batch}, {p.cost_rounds} rounds of {p.cost_steps} steps, the models taking "
         "turns in a fresh random order each round (bench.model's timer); mean over rounds with "
         "its 95% interval.",
-        markdown_table(["norm", "ms per step", "vs none"], body) if body else "Not measured.",
+        markdown_table(["norm", "ms per step", "vs none"], body) if body else "Not yet measured.",
         _figure(figure, "Cost per training step"),
     )
 
@@ -376,21 +485,24 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
     """REPORT.md and figures/ in out_dir from the preset's records; returns REPORT.md's path."""
     all_records = records.load_all(results_dir, preset.name)
     examples = next((r["train_examples"] for r in all_records.values() if "train_examples" in r), 0)
-    jobs = design.plan(preset, "", examples or design.TRAIN_EXAMPLES)
+    p = preset
+    tuning = tables.tuning(tables.Context(p, all_records))
+    chosen = tables.chosen_rates(tuning)
+    jobs = design.plan(p, "", examples or design.TRAIN_EXAMPLES, chosen)
     names = {j.name for j in jobs}
-    ctx = tables.Context(preset, {k: r for k, r in all_records.items() if k in names})
+    ctx = tables.Context(p, {k: r for k, r in all_records.items() if k in names})
     results = claims.evaluate(ctx.records, ctx)
     by_id = {r.claim.id: r for r in results}
     fig_dir = os.path.join(out_dir, FIGURES_DIR)
     shutil.rmtree(fig_dir, ignore_errors=True)  # figures of older designs go
-    p = preset
     cnn = tables.comparison(ctx, "cnn", design.CNN_NORMS)
     lstm = tables.comparison(ctx, "lstm", design.LSTM_NORMS)
     batch, lr = tables.sweep(ctx, "batch", "batch_size"), tables.sweep(ctx, "lr", "learning_rate")
     wn = [
-        tables.row(ctx, f"weight, init {i}", ctx.select(sections="wn_init", wn_init=i))
+        tables.row(ctx, f"weight, init {i}, {opt}", ctx.select(sections=s, wn_init=i))
+        for s, opt in (("wn_init", "SGD"), ("wn_adam", "Adam"))
         for i in ("norm", "data")
-        if ctx.select(sections="wn_init", wn_init=i)
+        if ctx.select(sections=s, wn_init=i)
     ]
     gain = [
         tables.row(ctx, f"batch, gain {g:g}", ctx.select(sections="lstm_gain", recurrent_gain=g))
@@ -403,13 +515,12 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
         for k, v in (cost_record["result"]["ms_per_step"].items() if cost_record else [])
     }
     inside = inside_rows(ctx)
+    bn_rows = [r for r in cnn + lstm if r.norm == "batch"]
+    bn_rows += [r for cs in (batch, lr) for _, r in cs.get("batch", [])]
     f = {
         "cnn": figures.curves(cnn, fig_dir, "cnn.png", "CNN", p.cnn_threshold),
-        "lstm": figures.curves(lstm, fig_dir, "lstm.png", "LSTM", p.lstm_threshold),
+        "lstm": figures.lstm(lstm, fig_dir, p.lstm_threshold),
         "batch": figures.sweep([("CNN: batch size", batch, "batch size")], fig_dir, "batch.png"),
-        "lr": figures.sweep(
-            [("CNN: peak learning rate", lr, "peak learning rate")], fig_dir, "lr.png"
-        ),
         "twins": figures.twins(twins_of(ctx), fig_dir),
         "inside": figures.inside(inside, fig_dir),
         "cost": figures.cost(cost, fig_dir),
@@ -419,22 +530,22 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
         header(
             ctx, records.sessions(results_dir, p.name), jobs, missing, _shown(results_dir, p.name)
         ),
-        answer(ctx, by_id, cnn),
+        answer(ctx, by_id, cnn, batch),
         claims_section(results),
+        design_section(ctx, tuning, chosen),
         _rows_section(p, "CNN: with and without normalization", "cnn", cnn, f["cnn"]),
-        _rows_section(p, "Weight norm's initialisation", "wn_init", wn) if wn else "",
-        sweep_section(
-            "CNN: learning rate", design.budget(p, "lr"), lr, "peak learning rate", f["lr"]
-        ),
-        sweep_section(
-            "CNN: batch size", design.budget(p, "batch"), batch, "batch size", f["batch"]
-        ),
+        _rows_section(p, "Weight norm's initialisation", "wn_init", wn),
+        sweep_section("CNN: learning rate 10x the grid's middle",
+                      design.budget(p, "lr", seeds(p, "lr")), lr, "peak learning rate", None),
+        sweep_section("CNN: batch size", design.budget(p, "batch", seeds(p, "batch")), batch,
+                      "batch size", f["batch"]),  # fmt: skip
         _rows_section(p, "LSTM: recurrent normalization", "lstm", lstm, f["lstm"]),
-        _rows_section(p, "Recurrent batch norm's initial gain", "lstm_gain", gain) if gain else "",
+        _rows_section(p, "Recurrent batch norm's initial gain", "lstm_gain", gain),
+        moving_section(bn_rows),
         impl_section(ctx, f["twins"]),
         inside_section(inside, f["inside"]),
         cost_section(ctx, cost, f["cost"]),
-        appendix(ctx),
+        appendix(ctx) if ctx.records else "",
     )
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, REPORT_FILE)

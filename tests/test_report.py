@@ -110,9 +110,16 @@ def _records_for(claim: claims.Claim, a: list[float], b: list[float]) -> list[di
             dict(name="cost", kind="cost", sections=["cost"], result={"ms_per_step": rounds},
                  commit="t", cpu="t", tensorflow="t", config_hash="x")  # fmt: skip
         ]
-    return [_record(claim.a, s, v, claim.metric) for s, v in enumerate(a)] + [
-        _record(claim.b, s, v, claim.metric) for s, v in enumerate(b)
-    ]
+    out = []
+    for side, values in ((claim.a, a), (claim.b, b)):
+        for s, v in enumerate(values):
+            if "minus" in side:  # a contrast: its cell at v, the subtracted cell at 0.5
+                plus = {k: x for k, x in side.items() if k != "minus"}
+                out += [_record(plus, s, v, claim.metric), _record(side["minus"], s, 0.5,
+                                                                   claim.metric)]  # fmt: skip
+            else:
+                out.append(_record(side, s, v, claim.metric))
+    return out
 
 
 # Per metric: (base value, a clear win for A as an offset, noise per seed). Steps and ms are
@@ -199,39 +206,53 @@ def test_steps_to_threshold_interpolates_between_evaluations():
 # -- the design: plan order, shards, names ---------------------------------------------------------
 
 
-def test_the_full_plan_has_its_seeds_and_orders_claims_cheapest_first():
-    jobs = design.plan(FULL, "", design.TRAIN_EXAMPLES)
+def _chosen(rate=0.05) -> dict:
+    return {key: rate for key in design.TUNED}
+
+
+def test_the_full_plan_tunes_first_then_trains_every_cell_at_its_seeds():
+    """Tuning runs first, at every rate of the grid on the tuning seeds; the cells that wait
+    for a rate are pending until then; every CNN norm and LSTM cell has >= 5 seeds; the batch
+    sweep trains the same epochs (>= 1) at every batch size with the rate scaled linearly."""
+    before = design.plan(FULL, "", design.TRAIN_EXAMPLES)
+    tune = [j for j in before if "tune" in j.sections]
+    assert before[: len(tune)] == tune and not any(j.pending for j in tune)
+    assert len(tune) == len(design.TUNED) * len(FULL.lr_grid) * FULL.tune_seeds
+    assert {j.config.learning_rate for j in tune} == set(FULL.lr_grid)
+    assert all(j.pending for j in before if {"cnn", "batch"} & set(j.sections) and
+               "tune" not in j.sections)  # fmt: skip
+    jobs = design.plan(FULL, "", design.TRAIN_EXAMPLES, _chosen(0.1))
     names = [j.name for j in jobs]
     assert len(names) == len(set(names)) and {"parity", "cost"} <= set(names)
+    assert not any(j.pending for j in jobs)
     cells = {}
     for j in jobs:
         if j.kind == "run":
             c = j.config
-            cells.setdefault(
-                (j.sections[0], c.norm, c.batch_size, c.learning_rate, c.wn_init, c.recurrent_gain),
-                [],
-            ).append(names.index(j.name))
-    for key, positions in cells.items():
-        assert len(positions) >= FULL.seeds or key[0] in ("lr", "wn_init", "lstm_gain"), key
-        if all(len(jobs[i].sections) == 1 for i in positions):  # a cell no other one shares
-            assert positions == list(range(positions[0], positions[0] + len(positions))), key
-    for section, norm in (("cnn", "batch"), ("cnn", "layer"), ("lstm", "batch"), ("lstm", "layer")):
-        assert (
-            len(cells[(section, norm, 128, 0.05 if section == "cnn" else 0.001, "norm", 0.1)]) == 5
-        )
-    batch = [j for j in jobs if "batch" in j.sections]
-    assert len({j.config.train_steps * j.config.batch_size for j in batch}) <= 3  # same examples
-    first = claims.CLAIMS  # the first job belongs to the claim with the cheapest jobs
-    costs = []
-    for claim in first:
-        mine = [
-            j
-            for j in jobs
-            if any(claims.uses(s, design._facts(j), claims.symbols(FULL)) for s in claim.sides())
-        ]
-        costs.append((sum(design.seconds(FULL, j) for j in mine), mine))
-    cheapest = min(costs, key=lambda c: c[0])[1]
-    assert jobs[0] in cheapest
+            for section in j.sections:
+                key = (section, c.arch, c.norm, c.batch_size, c.wn_init, c.optimizer,
+                       c.recurrent_gain)  # fmt: skip
+                cells.setdefault(key, set()).add(c.seed)
+    for key, seeds in cells.items():
+        want = FULL.tune_seeds if key[0] == "tune" else FULL.min_seeds
+        assert seeds >= set(range(want)), key
+    # Tuning seeds at the chosen rate are the cnn cells' first seeds (the same runs).
+    batch_cnn = [j for j in jobs if "cnn" in j.sections and j.config.norm == "batch"]
+    assert {j.config.seed for j in batch_cnn if "tune" in j.sections} == {0, 1}
+    sweep = [j for j in jobs if "batch" in j.sections]
+    for j in sweep:
+        c = j.config
+        assert c.train_steps == design.TRAIN_EXAMPLES // c.batch_size  # one epoch each
+        assert c.learning_rate == pytest.approx(0.1 * c.batch_size / FULL.reference_batch)
+        assert c.warmup_steps == round(FULL.warmup_examples / c.batch_size) > 0
+    assert {j.config.batch_size for j in sweep} == set(FULL.batch_sizes)
+    for j in jobs:
+        if j.kind == "run" and j.config.norm == "batch":
+            c = j.config
+            assert (c.bn_population, c.bn_moving_average) == ("precise", "bias_corrected")
+            assert "bn_stats" in j.analyses
+    total = sum(design.seconds(FULL, j) for j in jobs)
+    assert total / design.parallel_speedup(2) <= 2 * 3600, "the full preset's budget"
 
 
 def test_plan_columns_are_as_wide_as_their_longest_entry(capsys, tmp_path):
@@ -254,8 +275,8 @@ def test_plan_columns_are_as_wide_as_their_longest_entry(capsys, tmp_path):
 
 
 def test_plan_and_report_state_the_same_labelled_times(capsys, tmp_path):
-    """The prediction once per number of jobs at once (--jobs=1 no longer repeats it), the
-    measured time with its sessions and jobs at once, and REPORT.md saying the same."""
+    """The prediction once per number of jobs at once (--jobs=1 no longer repeats it), and
+    the committed REPORT.md stating the same prediction for 2 jobs at once."""
     from normlab.trainer.loop import duration
 
     jobs = design.plan(FULL, "", design.TRAIN_EXAMPLES)
@@ -264,16 +285,13 @@ def test_plan_and_report_state_the_same_labelled_times(capsys, tmp_path):
     alone = capsys.readouterr().out
     assert alone.count(total) == 1 and "at once (x" not in alone
     assert f"{total} one job at a time." in alone and "not measured (no session" in alone
-    cli.print_plan(FULL, jobs, os.path.join(ROOT, "report", "results"), 2)
+    cli.print_plan(FULL, jobs, str(tmp_path), 2)
     out = capsys.readouterr().out
-    assert f"{len(jobs)} jobs, {len(jobs)} with a record (done)." in out
     predicted = re.search(r"BUILD_NOTES\.md\): (.*)\.\n", out).group(1)
-    measured = re.search(r"REPORT\.md states it\): (.*)\.\n", out).group(1)
-    assert predicted.startswith(f"{total} one job at a time, ") and predicted.count(":") == 4
-    assert "with 2 jobs at once" in predicted and "end to end over 2 sessions with 2" in measured
+    assert predicted.startswith(f"{total} one job at a time, ") and "with 2 jobs at once" in out
     with open(os.path.join(ROOT, "report", "REPORT.md")) as fh:
-        report = fh.read().replace("**", "")
-    assert f"measured {measured}; predicted by the cost model of `--plan`: {predicted}." in report
+        report = fh.read()
+    assert f"(predicted, not measured): {predicted}." in report
 
 
 def test_help_states_no_time_of_its_own():
@@ -288,6 +306,135 @@ def test_help_states_no_time_of_its_own():
     text = " ".join(trainer_cli.usage("report.py", "", cli.FLAG_NAMES, values).split())
     assert "--plan prints the jobs" in text
     assert not re.search(r"hour|\d:\d\d:\d\d", text), text
+
+
+# -- seeds by power, the learning-rate choice, the page --------------------------------------
+
+
+def test_seeds_by_power_match_the_rule_computed_by_hand():
+    """n >= ((t(1 - a/2, n-1) + t(0.8, n-1)) s / d)^2, smallest such n. By hand, a = 0.05:
+    s = d: n = 9 gives (2.306 + 0.889)^2 = 10.21 > 9, n = 10 gives (2.262 + 0.883)^2 = 9.89;
+    s = d / 2: n = 4 gives (4.160 / 2)^2 = 4.33 > 4, n = 5 gives (3.717 / 2)^2 = 3.45."""
+    assert stats.seeds_for_power(1.0, 1.0, 0.05) == 10
+    assert stats.seeds_for_power(0.5, 1.0, 0.05) == 5
+    assert stats.seeds_for_power(0.01, 1.0, 0.05) == 2
+    assert stats.detectable_effect(1.0, 10, 0.05) == pytest.approx(3.145 / 10**0.5, abs=2e-3)
+    # A stricter Holm level needs more seeds.
+    assert stats.seeds_for_power(1.0, 1.0, 0.05 / 15) > stats.seeds_for_power(1.0, 1.0, 0.05)
+
+
+def test_power_ranks_claims_by_the_pilots_effect_and_caps_by_the_budget():
+    from normlab.report import power
+
+    rows = power.analysis(FULL)
+    assert [r.claim for r in rows] == list(claims.CLAIMS)
+    ranked = sorted((r for r in rows if r.sd), key=lambda r: -abs(r.pilot_mean) / r.sd)
+    m = len(rows)
+    assert [r.alpha for r in ranked] == pytest.approx([0.05 / (m - i) for i in range(len(ranked))])
+    for r in rows:
+        if r.required is None or r.claim.metric == claims.MS:
+            continue
+        paper = r.claim.paper_effect
+        assert r.effect == pytest.approx(min(abs(r.pilot_mean), paper or 1e9))
+        assert r.required == stats.seeds_for_power(r.sd, r.effect, r.alpha)
+        assert r.n == min(max(r.required, FULL.min_seeds), r.cap)
+        assert r.capped == (r.required > r.cap)
+    gain = next(r for r in rows if r.claim.id == "bn_gain")  # pilot: -1.89 pts, s 3.69
+    assert gain.capped and gain.detectable > gain.effect
+
+
+def _tune_record(key: str, rate: float, seed: int, val: float, test: float) -> dict:
+    norm, _, init = key.partition("/")
+    return dict(name=f"t-{key}-{rate}-{seed}", kind="run", sections=["tune"],
+                config=dict(arch="default", norm=norm, seed=seed, batch_size=128,
+                            learning_rate=rate, wn_init=init or "norm", recurrent_gain=0.1),
+                status="complete", final={"val_accuracy": val, "test_accuracy": test},
+                curve={"step": [], "accuracy": []}, classes=10, config_hash="x")  # fmt: skip
+
+
+def test_the_learning_rate_is_chosen_by_validation_never_test():
+    """Rate 0.02 wins on validation and loses on test: 0.02 is chosen. A tie goes to the
+    smaller rate; a key with a missing tuning record is not chosen yet."""
+    recs = []
+    for seed in range(FULL.tune_seeds):
+        for rate, val, test in ((0.02, 0.90, 0.80), (0.05, 0.85, 0.95), (0.1, 0.80, 0.99)):
+            recs.append(_tune_record("batch", rate, seed, val, test))
+        for rate in FULL.lr_grid:
+            recs.append(_tune_record("layer", rate, seed, 0.88 if rate >= 0.05 else 0.5, 0.9))
+        if seed == 0:
+            recs += [_tune_record("none", rate, seed, 0.9, 0.9) for rate in FULL.lr_grid]
+    ctx = tables.Context(FULL, {r["name"]: r for r in recs})
+    table = tables.tuning(ctx)
+    assert table["batch"][0.02] == pytest.approx(0.90) and table["none"][0.02] is None
+    assert tables.chosen_rates(table) == {"batch": 0.02, "layer": 0.05}
+
+
+def _plan_record(job, test_acc: float, val_acc: float) -> dict:
+    """A complete run record for a real plan job (so the page counts it)."""
+    steps = list(range(50, job.config.train_steps + 1, 50)) or [job.config.train_steps]
+    config = dataclasses.asdict(job.config)
+    config.pop("data_dir")
+    return dict(name=job.name, kind="run", sections=list(job.sections), config=config,
+                config_hash=job.config_hash, status="complete", diverged_at_step=None,
+                final={"test_accuracy": test_acc, "val_accuracy": val_acc},
+                curve={"step": steps, "accuracy": [min(0.95, 0.3 + s / 500) for s in steps]},
+                inside={}, ms_per_step=10.0, train_seconds=50.0, wall_seconds=60.0,
+                analyses={}, classes=10, commit="abc1234", cpu="test cpu", tensorflow="2.21.0",
+                train_examples=design.TRAIN_EXAMPLES)  # fmt: skip
+
+
+def test_the_page_with_no_records_and_with_some(tmp_path):
+    """0 records: the design, the grid, the power table, the predicted time, every claim not
+    yet trained, no appendix. Then the tuning records and the cnn cells of none and batch:
+    the choice appears, claim 1 says what its interval shows, the others stay untested."""
+    empty = writer.write(FULL, str(tmp_path / "none"), str(tmp_path / "a"))
+    text = open(empty).read()
+    assert "from the 0 records" in text and "(predicted, not measured)" in text
+    assert text.count("**not tested**") >= len(claims.CLAIMS) and "Appendix" not in text
+    assert "| claim | pilot n | pilot s |" in text and "not yet trained" in text
+    assert "0.02, 0.05, 0.1" in text and "wait for their cell's learning rate" in text
+    results = tmp_path / "some"
+    folder = results / "full"
+    folder.mkdir(parents=True)
+    for job in design.plan(FULL, "", design.TRAIN_EXAMPLES):
+        if "tune" in job.sections:
+            val = 0.9 if job.config.learning_rate == 0.1 else 0.85
+            records.write_json(str(folder / f"{job.name}.json"), _plan_record(job, 0.8, val))
+    chosen = {key: 0.1 for key in design.TUNED}
+    for job in design.plan(FULL, "", design.TRAIN_EXAMPLES, chosen):
+        if "cnn" in job.sections and job.config.norm in ("none", "batch"):
+            acc = (0.91 if job.config.norm == "batch" else 0.86) + 0.002 * job.config.seed
+            if job.config.norm == "batch" and job.config.seed % 2:
+                acc -= 0.001
+            records.write_json(str(folder / f"{job.name}.json"), _plan_record(job, acc, 0.9))
+    text = open(writer.write(FULL, str(results), str(tmp_path / "b"))).read()
+    assert "| batch | 85.00% | 85.00% | 90.00% | 0.1 |" in text
+    claim1 = re.search(r"batch norm over no normalization: (.*?): \*\*(\w+)\*\*", text)
+    assert claim1.group(1).startswith("+") and "lies above 0 with 8 seeds" in claim1.group(1)
+    assert claim1.group(2) == "supported"
+    assert "Appendix" in text and "abc1234" in text
+
+
+def test_tost_decides_equivalence_against_its_margin():
+    """The equivalence rule stays (stats.tost): inside the margin, outside it, or unsure."""
+    inside = stats.paired_ci({i: 0.5 + 0.001 * n for i, n in enumerate(_NOISE)},
+                             {i: 0.5 for i in range(5)})  # fmt: skip
+    assert stats.tost(inside, 0.01)[0] == stats.SUPPORTED
+    outside = stats.paired_ci({i: 0.55 + 0.002 * n for i, n in enumerate(_NOISE)},
+                              {i: 0.5 for i in range(5)})  # fmt: skip
+    assert stats.tost(outside, 0.01)[0] == stats.CONTRADICTED
+    wide = stats.paired_ci({i: 0.5 + 0.01 * w for i, w in enumerate(_WIDE)},
+                           {i: 0.5 for i in range(5)})  # fmt: skip
+    assert stats.tost(wide, 0.01)[0] == stats.INCONCLUSIVE
+
+
+def test_overhead_is_wall_over_training_seconds_of_runs_without_analyses():
+    runs = [dict(kind="run", status="complete", analyses={}, train_seconds=t, wall_seconds=w)
+            for t, w in ((100.0, 120.0), (50.0, 70.0))]  # fmt: skip
+    runs.append(dict(kind="run", status="complete", analyses={"twins": {}}, train_seconds=10.0,
+                     wall_seconds=500.0))  # fmt: skip
+    assert records.overhead(runs) == (190.0, 150.0, 2)
+    assert "= 1.27 over 2 runs" in records.overhead_text(runs)
 
 
 # -- the suite on the tiny preset -------------------------------------------------------------
@@ -306,22 +453,21 @@ def tiny(tmp_path_factory):
     write_idx_dataset(data_dir)
     preset = design.PRESETS["tiny"]
     setup = suite.Setup(preset, str(base / "runs"), str(base / "results"), data_dir)
-    plan = design.plan(preset, data_dir, len(suite._splits(setup).train_x))
+    chosen = {key: preset.lr_grid[0] for key in design.TUNED}
+    plan = design.plan(preset, data_dir, len(suite._splits(setup).train_x), chosen)
     pick = [
         j
         for j in plan
         if j.kind == "run"
-        and j.config.seed == 0
         and (
-            j.config.learning_rate > 1e5
-            and j.config.norm == "none"
-            or j.config.batch_size == 2
-            and j.config.norm == "batch"
-            or j.sections == ("cnn",)
-            and j.config.norm == "layer"
+            j.config.learning_rate > 1e5 and j.config.norm == "none" and j.config.seed == 0
+            or j.sections == ("batch",) and j.config.batch_size == 2 and j.config.norm ==
+            "batch" and j.config.seed == 0
+            or "twins" in j.analyses and j.config.norm == "layer"
+            or "lstm" in j.sections and j.config.norm == "batch" and j.config.seed == 0
         )
-    ]
-    assert len(pick) == 3
+    ]  # fmt: skip
+    assert len(pick) == 4
     crash = next(j for j in pick if j.config.norm == "layer")  # checkpoints every 2 steps
 
     def crash_at_4(line):
@@ -355,8 +501,16 @@ def test_records_hold_what_the_report_needs(tiny):
     layer = next(r for r in done if r["config"]["norm"] == "layer")
     assert layer["analyses"]["twins"]["step"] and layer["analyses"]["layer_parity"]
     assert any(k.endswith("conv1") or "conv" in k for k in layer["inside"])
-    bn = next(r for r in done if r["config"]["norm"] == "batch")
-    assert 0 <= bn["analyses"]["bn_eval"]["batch_stats_accuracy"] <= 1
+    bn = next(r for r in done if r["config"]["norm"] == "batch" and r["config"]["arch"] != "lstm")
+    gap = bn["analyses"]["bn_stats"]
+    for key in ("train_accuracy_batch_stats", "val_accuracy_batch_stats", "val_accuracy_plain",
+                "test_accuracy_bias_corrected", "test_accuracy_plain"):
+        assert 0 <= gap[key] <= 1, key
+    lstm = next(r for r in done if r["config"]["arch"] == "lstm")
+    curve = lstm["curve"]
+    assert len(curve["accuracy_plain"]) == len(curve["accuracy_bias_corrected"]) == len(
+        curve["step"]) > 0 and curve["train_loss"]  # fmt: skip
+    assert "test_accuracy_plain" in lstm["analyses"]["bn_stats"]
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny):
@@ -406,12 +560,11 @@ def _intervals(text):
 
 def test_the_committed_report_is_regenerated_byte_for_byte(tmp_path):
     results = os.path.join(ROOT, "report", "results")
-    assert records.load_all(results, "full"), "the full preset's records are committed"
     path = writer.write(FULL, results, str(tmp_path))
     assert filecmp.cmp(path, os.path.join(ROOT, "report", "REPORT.md"), shallow=False)
-    assert sorted(os.listdir(tmp_path / "figures")) == sorted(
-        os.listdir(os.path.join(ROOT, "report", "figures"))
-    )
+    figures = os.path.join(ROOT, "report", "figures")
+    assert sorted(os.listdir(tmp_path / "figures") if os.path.isdir(tmp_path / "figures")
+                  else []) == sorted(os.listdir(figures) if os.path.isdir(figures) else [])
 
 
 def test_report_program_plans_for_real(tmp_path):
