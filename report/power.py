@@ -136,3 +136,35 @@ def cell_seeds(preset: design.Preset) -> dict:
             key = design.cell_key(cell)
             out[key] = max(out.get(key, preset.min_seeds), p.n)
     return out
+
+
+def table_rows(p: design.Preset) -> list[list]:
+    """The page's power table: per claim, the pilot's n, s and mean, the effect sought, the
+    Holm level, the n required, the n planned and, when capped, the effect it detects."""
+    rows = []
+    for i, w in enumerate(analysis(p), 1):
+        scale, digits, unit = claims.UNITS[w.claim.metric]
+
+        def f(x, scale=scale, digits=digits, unit=unit):
+            return "-" if x is None else f"{x * scale:.{digits}f}{unit}"
+
+        effect = f"{f(w.effect)} ({w.effect_from})" if w.effect is not None else "-"
+        capped = f"capped: detects {f(w.detectable)}" if w.capped else ""
+        n = f"{p.cost_rounds} rounds" if w.claim.metric == claims.MS else str(w.n)
+        rows.append([i, w.pilot_n, f(w.sd), f(w.pilot_mean), effect, f"{w.alpha:.4f}",
+                     w.required if w.required is not None else "-", n, capped])  # fmt: skip
+    return rows
+
+
+def seeds_text(p: design.Preset, section: str) -> str:
+    """A section's planned seeds per cell, in words ('seeds 0-7: none, batch; 0-4: ...')."""
+    by_n: dict = {}
+    plan_seeds = cell_seeds(p)
+    for cell in design.cells(p, plan_seeds):
+        if cell["section"] == section:
+            label = cell["norm"] + "".join(
+                f" {form.format(cell[k])}"
+                for k, form in (("batch_size", "b{}"), ("recurrent_gain", "gain {}"),
+                                ("wn_init", "init {}")) if k in cell)  # fmt: skip
+            by_n.setdefault(cell["seeds"], []).append(label)
+    return "seeds " + "; ".join(f"0-{n - 1} ({', '.join(cs)})" for n, cs in sorted(by_n.items()))

@@ -12,7 +12,7 @@ import os
 import shutil
 
 from normlab.core.tables import markdown_table
-from normlab.report import claims, design, figures, records, stats, tables
+from normlab.report import claims, design, figures, power, records, stats, tables
 from normlab.trainer.loop import duration
 
 REPORT_FILE, FIGURES_DIR = "REPORT.md", "figures"
@@ -68,24 +68,9 @@ def _rows_section(p, title: str, section: str, rows, figure: str | None = None) 
     if section == "lstm":
         caption = ("LSTM: training loss; validation accuracy with population statistics; "
                    "recurrent batch norm's validation accuracy by population method")  # fmt: skip
-    return _section(f"## {title}", f"Budget: {design.budget(p, section, seeds(p, section))}.",
+    budget = design.budget(p, section, power.seeds_text(p, section))
+    return _section(f"## {title}", f"Budget: {budget}.",
                     _rows_table(rows, threshold), _figure(figure, caption))  # fmt: skip
-
-
-def seeds(p: design.Preset, section: str) -> str:
-    """A section's planned seeds per cell, in words ('seeds 0-7: none, batch; 0-4: ...')."""
-    from normlab.report import power
-
-    by_n: dict = {}
-    plan_seeds = power.cell_seeds(p)
-    for cell in design.cells(p, plan_seeds):
-        if cell["section"] == section:
-            label = cell["norm"] + "".join(
-                f" {form.format(cell[k])}"
-                for k, form in (("batch_size", "b{}"), ("recurrent_gain", "gain {}"),
-                                ("wn_init", "init {}")) if k in cell)  # fmt: skip
-            by_n.setdefault(cell["seeds"], []).append(label)
-    return "seeds " + "; ".join(f"0-{n - 1} ({', '.join(cs)})" for n, cs in sorted(by_n.items()))
 
 
 def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, shown: str) -> str:
@@ -190,8 +175,6 @@ def answer(ctx: tables.Context, results: dict, cnn_rows: list[tables.Row], sweep
 def design_section(ctx: tables.Context, tuning: dict, chosen: dict) -> str:
     """What was fixed before the confirmatory runs: the rate grid and each choice, the
     thresholds, the population statistics, the pilot and the seeds by power."""
-    from normlab.report import power
-
     p = ctx.preset
     grid = ", ".join(f"{r:g}" for r in p.lr_grid)
     tune_rows = [
@@ -199,18 +182,6 @@ def design_section(ctx: tables.Context, tuning: dict, chosen: dict) -> str:
                  for v in rates.values()] + [f"{chosen[key]:g}" if key in chosen else "-"]
         for key, rates in tuning.items()
     ]  # fmt: skip
-    power_rows = []
-    for i, w in enumerate(power.analysis(p), 1):
-        scale, digits, unit = claims.UNITS[w.claim.metric]
-
-        def f(x, w=w, scale=scale, digits=digits, unit=unit):
-            return "-" if x is None else f"{x * scale:.{digits}f}{unit}"
-
-        effect = f"{f(w.effect)} ({w.effect_from})" if w.effect is not None else "-"
-        capped = f"capped: detects {f(w.detectable)}" if w.capped else ""
-        n = f"{p.cost_rounds} rounds" if w.claim.metric == claims.MS else str(w.n)
-        power_rows.append([i, w.pilot_n, f(w.sd), f(w.pilot_mean), effect, f"{w.alpha:.4f}",
-                           w.required if w.required is not None else "-", n, capped])  # fmt: skip
     return _section(
         "## The design, fixed before the runs",
         f"**Learning rates.** Every CNN norm (and weight norm with its data-dependent init) "
@@ -225,9 +196,9 @@ def design_section(ctx: tables.Context, tuning: dict, chosen: dict) -> str:
                         "chosen rate"], tune_rows),  # fmt: skip
         f"**Thresholds.** Steps to {p.cnn_threshold:.0%} validation accuracy (CNN) and "
         f"{p.lstm_threshold:.0%} (LSTM), interpolated between validations every "
-        f"{p.eval_examples:,} training examples (sections tune, cnn, wn_init, lstm, lstm_gain; "
-        "the other sections validate once, at the end); a run that never reaches one is "
-        "counted, not averaged in.",
+        f"{p.eval_examples:,} training examples in the CNN and {p.lstm_eval_examples:,} in the "
+        "LSTM (sections tune, cnn, wn_init, lstm, lstm_gain; the other sections validate once, "
+        "at the end); a run that never reaches one is counted, not averaged in.",
         "**Batch norm's population statistics.** Every batch-norm number uses precise BN (Wu & "
         f"Johnson 2021): before each evaluation the population mean and variance are recomputed "
         f"with the current weights over the first {p.precise_examples:,} training examples in "
@@ -247,7 +218,7 @@ def design_section(ctx: tables.Context, tuning: dict, chosen: dict) -> str:
         "claims it feeds. A capped claim states the smallest difference its n detects with "
         "80% power.",
         markdown_table(["claim", "pilot n", "pilot s", "pilot mean", "d sought", "Holm level",
-                        "n required", "n planned", "capped"], power_rows),  # fmt: skip
+                        "n required", "n planned", "capped"], power.table_rows(p)),  # fmt: skip
     )
 
 
@@ -302,7 +273,8 @@ def moving_section(rows: list[tables.Row]) -> str:
         "Test accuracy of the same weights with precise BN (the runs' own), with the "
         "bias-corrected moving averages, and with the plain moving averages started at (0, 1).",
         markdown_table(["cell", "precise BN", "bias-corrected moving averages",
-                        "plain moving averages"], body) if body else "Not yet trained.",  # fmt: skip
+                        "plain moving averages"], body)
+        if body else "Not yet trained.",  # fmt: skip
     )
 
 
@@ -314,28 +286,16 @@ def impl_section(ctx: tables.Context, twin_fig) -> str:
         err = max(row["forward_rel"], *row["grad_rel"].values())
         worst[key] = max(worst.get(key, 0.0), err)
     parity_rows = [[n, b, d, f"{e:.1e}"] for (n, b, d), e in sorted(worst.items())]
-    layers = [
-        [
-            r["config"]["norm"],
-            x["layer"],
-            x["builtin"],
-            f"{x['forward_rel']:.1e}",
-            f"{x['grad_rel']:.1e}",
-            f"{x['custom_err64']:.1e} / {x['builtin_err64']:.1e}",
-        ]
-        for r in ctx.runs
-        for x in r.get("analyses", {}).get("layer_parity", [])
-    ]
-    twin_rows = [
-        [
-            key,
-            len(t["step"]),
-            f"{t['distance']['builtin'][-1]:.1e}",
-            f"{t['distance']['perturbed'][-1]:.1e}",
-        ]
-        for key, t in twins_of(ctx).items()
-        if t["step"]
-    ]
+    layers = [[r["config"]["norm"], x["layer"], x["builtin"], f"{x['forward_rel']:.1e}",
+               f"{x['grad_rel']:.1e}", f"{x['custom_err64']:.1e} / {x['builtin_err64']:.1e}"]
+              for r in ctx.runs for x in r.get("analyses", {}).get("layer_parity", [])]
+    twin_rows = [[key, len(t["step"]), f"{t['distance']['builtin'][-1]:.1e}",
+                  f"{t['distance']['perturbed'][-1]:.1e}"]
+                 for key, t in twins_of(ctx).items() if t["step"]]  # fmt: skip
+    layer_head = ["norm", "layer", "built-in", "output rel", "gradient rel",
+                  "error vs float64 (normlab / built-in)"]  # fmt: skip
+    twin_head = ["network, norm", "steps", "built-in: distance at the end",
+                 "one-ulp control: distance at the end"]  # fmt: skip
     return _section(
         "## normlab vs TensorFlow's built-ins",
         "**Same inputs** (`parity.py`'s table: random inputs, every norm, built-in, shape and "
@@ -344,63 +304,31 @@ def impl_section(ctx: tables.Context, twin_fig) -> str:
         if parity_rows
         else "Not yet measured.",
         f"**Same trained weights, same real batch** (seed {ctx.preset.tune_seeds} of section "
-        "cnn, every norm layer; "
-        "the last column is each side's largest absolute error against NumPy in float64):",
-        markdown_table(
-            [
-                "norm",
-                "layer",
-                "built-in",
-                "output rel",
-                "gradient rel",
-                "error vs float64 (normlab / built-in)",
-            ],
-            layers,
-        )
-        if layers
-        else "",
+        "cnn, every norm layer; the last column is each side's largest absolute error against "
+        "NumPy in float64):",
+        markdown_table(layer_head, layers) if layers else "Not yet trained.",
         "**Trained in lock step** (twins: normlab's model, the built-in's from the same initial "
         "weights, and normlab's with every initial weight moved by one float32 ulp, trained by "
         "the trainer's step on the same batches). If the built-in drifts no further than the "
         "one-ulp control, the two implementations differ by rounding and nothing else; training "
         "amplifies any rounding difference at the same rate.",
-        markdown_table(
-            [
-                "network, norm",
-                "steps",
-                "built-in: distance at the end",
-                "one-ulp control: distance at the end",
-            ],
-            twin_rows,
-        )
-        if twin_rows
-        else "",
+        markdown_table(twin_head, twin_rows) if twin_rows else "Not yet trained.",
         _figure(twin_fig, "Twins trained in lock step: relative distance to normlab's model"),
     )
 
 
 def twins_of(ctx: tables.Context) -> dict:
-    return {
-        f"{'LSTM' if r['config']['arch'] == 'lstm' else 'CNN'} {r['config']['norm']}": r[
-            "analyses"
-        ]["twins"]
-        for r in ctx.runs
-        if "twins" in r.get("analyses", {})
-    }
+    return {f"{'LSTM' if r['config']['arch'] == 'lstm' else 'CNN'} {r['config']['norm']}":
+            r["analyses"]["twins"]
+            for r in ctx.runs if "twins" in r.get("analyses", {})}  # fmt: skip
 
 
 def inside_rows(ctx: tables.Context) -> list[dict]:
     out = []
     for norm in design.CNN_NORMS:
-        r = next(
-            (
-                r
-                for r in ctx.select(sections="cnn", norm=norm, seed=0)
-                if r["status"] == records.COMPLETE
-            ),
-            None,
-        )
-        for layer, values in (r or {}).get("inside", {}).items():
+        done = [r for r in ctx.select(sections="cnn", norm=norm, seed=0)
+                if r["status"] == records.COMPLETE]  # fmt: skip
+        for layer, values in (done[0] if done else {}).get("inside", {}).items():
             if not layer.endswith("_norm"):
                 out.append({"norm": norm, "layer": layer, **values})
     return out
@@ -410,16 +338,8 @@ def inside_section(rows: list[dict], figure) -> str:
     def pair(p):
         return "-" if not p else f"{p[0]:.3g} -> {p[1]:.3g}"
 
-    body = [
-        [
-            r["norm"],
-            r["layer"],
-            pair(r.get("pre_std")),
-            pair(r.get("post_std")),
-            pair(r.get("grad_norm")),
-        ]
-        for r in rows
-    ]
+    body = [[r["norm"], r["layer"], pair(r.get("pre_std")), pair(r.get("post_std")),
+             pair(r.get("grad_norm"))] for r in rows]  # fmt: skip
     return _section(
         "## Inside the network",
         "Seed 0 of section cnn: each hidden layer's output std (over the whole tensor) before its "
@@ -458,15 +378,8 @@ def appendix(ctx: tables.Context) -> str:
             outcome = f"diverged at step {r['diverged_at_step']}"
         else:
             outcome = f"{100 * r['final']['test_accuracy']:.2f}%"
-        body.append(
-            [
-                f"`{r['name']}`",
-                ", ".join(r["sections"]),
-                outcome,
-                duration(r.get("wall_seconds")),
-                r["commit"],
-            ]
-        )
+        body.append([f"`{r['name']}`", ", ".join(r["sections"]), outcome,
+                     duration(r.get("wall_seconds")), r["commit"]])  # fmt: skip
     return _section(
         "## Appendix: the records",
         markdown_table(["job", "sections", "test accuracy", "wall time", "commit"], body),
@@ -536,9 +449,10 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
         _rows_section(p, "CNN: with and without normalization", "cnn", cnn, f["cnn"]),
         _rows_section(p, "Weight norm's initialisation", "wn_init", wn),
         sweep_section("CNN: learning rate 10x the grid's middle",
-                      design.budget(p, "lr", seeds(p, "lr")), lr, "peak learning rate", None),
-        sweep_section("CNN: batch size", design.budget(p, "batch", seeds(p, "batch")), batch,
-                      "batch size", f["batch"]),  # fmt: skip
+                      design.budget(p, "lr", power.seeds_text(p, "lr")), lr,
+                      "peak learning rate", None),
+        sweep_section("CNN: batch size", design.budget(p, "batch", power.seeds_text(p, "batch")),
+                      batch, "batch size", f["batch"]),  # fmt: skip
         _rows_section(p, "LSTM: recurrent normalization", "lstm", lstm, f["lstm"]),
         _rows_section(p, "Recurrent batch norm's initial gain", "lstm_gain", gain),
         moving_section(bn_rows),

@@ -415,6 +415,23 @@ def test_the_page_with_no_records_and_with_some(tmp_path):
     assert "Appendix" in text and "abc1234" in text
 
 
+def test_the_ranking_holds_the_leaders_leads_to_holms_rule():
+    """Two leads each with p between 0.025 and 0.05: each interval lies above 0, but Holm over
+    the two (thresholds 0.025, 0.05) rejects neither: the leader is tied with both."""
+    def row(label, values):
+        return tables.Row(label, label, len(values), 0, stats.mean_ci(values), None, 0, None,
+                          dict(enumerate(values)), [])  # fmt: skip
+
+    base = [0.85 + 0.004 * n for n in _NOISE]
+    weak = [0.03 + 0.03 * n for n in _NOISE]
+    lead = row("batch", [b + w for b, w in zip(base, weak)])
+    others = [row("none", base), row("layer", [b - 0.0001 for b in base])]
+    rank = tables.ranking([lead, *others])
+    assert rank.leader == "batch"
+    assert all(0.025 < e.p < 0.05 and e.low > 0 for e in rank.leads.values())
+    assert rank.tied == ["none", "layer"]
+
+
 def test_tost_decides_equivalence_against_its_margin():
     """The equivalence rule stays (stats.tost): inside the margin, outside it, or unsure."""
     inside = stats.paired_ci({i: 0.5 + 0.001 * n for i, n in enumerate(_NOISE)},
