@@ -21,7 +21,7 @@ from normlab.trainer.errors import Interrupted, RunError, UsageError
 
 START_OVER_HELP = (
     "Train --model_dir from step 0 whatever it holds: the earlier run (checkpoints, summaries, "
-    "metrics.json, HParams record, a copy of flags.txt) is first moved into "
+    "metrics.json, HParams record, flags.txt) is first moved into "
     "--model_dir/earlier-attempts/N-start-over/ (nothing is deleted), and flags may differ "
     "from the saved ones. Use it once: to resume a run it started, give the command without "
     "it. Without it, a run with a checkpoint resumes, one stopped before its first checkpoint "

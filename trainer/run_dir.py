@@ -166,12 +166,15 @@ class RunDirectory:
                 f"(train.py --model_dir={self.path} alone reuses them) or choose a new "
                 "--model_dir."
             )
-        if conflicts:
-            self.log(f"replacing the flags of {self.path}: it has no checkpoint yet")
 
     def save_config(self, config: Config) -> None:
-        if self.writes:
-            write_atomically(flags_path(self.path), config.to_flagfile())
+        """Writes flags.txt (as training starts: a run refused before keeps its own)."""
+        if not self.writes:
+            return
+        saved = self.saved_config()
+        if saved is not None and saved.differences(config):
+            self.log(f"replacing the flags of {self.path}: it has no checkpoint yet")
+        write_atomically(flags_path(self.path), config.to_flagfile())
 
     # -- start-up repair ---------------------------------------------------------------------
 
@@ -222,26 +225,22 @@ class RunDirectory:
 
     def start_over(self) -> None:
         """--start_over: moves the earlier run (checkpoints, summaries, metrics.json, HParams
-        record, a copy of flags.txt) into earlier-attempts/N-start-over/, where it stays a
-        complete run directory (eval.py and TensorBoard read it), so training starts at 0."""
+        record, flags.txt) into earlier-attempts/N-start-over/, where it stays a complete run
+        directory (eval.py and TensorBoard read it), so training starts at 0."""
         from normlab.trainer.summaries import EVAL_DIR, TRAIN_DIR
 
         if not self.writes:
             return
         records = [n for n in os.listdir(self.path) if n.startswith(HPARAMS_PREFIX)]
         moved = self.set_aside(
-            (CHECKPOINT_DIR, TRAIN_DIR, EVAL_DIR, METRICS_FILE, *records),
-            "start-over",
-            copy=(FLAGS_FILE,),
+            (CHECKPOINT_DIR, TRAIN_DIR, EVAL_DIR, METRICS_FILE, FLAGS_FILE, *records), "start-over"
         )
         if moved:
             self.log(f"starting over from step 0: the earlier run moved to {moved[0]}")
 
-    def set_aside(
-        self, names: tuple[str, ...], label: str, copy: tuple[str, ...] = ()
-    ) -> tuple[str, list[str]] | None:
-        """Moves those of `names` that exist (and copies those of `copy`) into a new
-        earlier-attempts/N-label/ directory; returns (it, the names moved), None if none."""
+    def set_aside(self, names: tuple[str, ...], label: str) -> tuple[str, list[str]] | None:
+        """Moves those of `names` that exist into a new earlier-attempts/N-label/ directory;
+        returns (it, the names moved), None if none exists."""
         present = [n for n in names if os.path.exists(os.path.join(self.path, n))]
         if not present:
             return None
@@ -252,9 +251,6 @@ class RunDirectory:
             n += 1
         target = os.path.join(parent, f"{n}-{label}")
         os.makedirs(target)
-        for name in copy:
-            if os.path.isfile(os.path.join(self.path, name)):
-                shutil.copy2(os.path.join(self.path, name), os.path.join(target, name))
         for name in present:
             os.replace(os.path.join(self.path, name), os.path.join(target, name))
         return target, [n + "/" if os.path.isdir(os.path.join(target, n)) else n for n in present]

@@ -179,7 +179,7 @@ class Trainer:
             self.restored = restored
             if restored:
                 self.log(f"resumed from {restored} at step {self.current_step}")
-            else:
+            elif not self._start_over:  # (start_over has moved the earlier run aside)
                 self.run_dir.start_from_step_0()
         else:
             self._restore(latest)
