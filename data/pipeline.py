@@ -110,18 +110,23 @@ def train_dataset(
 
 class InGraphBatches:
     """The batches of `train_dataset` (same arguments, bitwise the same batches in the same
-    order), computed by ops a compiled training loop runs itself: no tf.data iterator per step.
+    order), made by ops a compiled training loop runs itself: no tf.data iterator per step.
 
-    The images stay one uint8 tensor; a step gathers its batch through the epoch's order,
-    augments it with train_dataset's own function, and standardizes it by a table lookup. The epoch's order (a pure
-    function of seed and epoch, as in train_dataset) is kept in a variable and recomputed by the
-    first step of each epoch. `position` is the global step of the next batch; `reset(step)`
-    moves it (a resumed run, a new segment of training), so one object and one trace serve a
-    Trainer's whole life. Nothing here is checkpointed: the stream is a function of the step.
+    The images stay one uint8 tensor. Before a compiled call that takes up to n batches, the
+    host puts their example indices in a variable (`prepare(n)`: n rows sliced from the
+    epochs' orders, each a pure function of seed and epoch computed by the same stateless
+    shuffle as train_dataset, once per epoch); each step inside the call gathers its row's
+    images, augments them with train_dataset's own function (keyed by the step) and
+    standardizes them by a table lookup. No branch inside the loop: a per-step cond choosing
+    when to reshuffle cost more than the rest of the input.
 
-    `next_in_graph()` returns the next (images, labels) and advances, for use inside a
-    tf.function (TrainStep.loop); iterating the object (`next(batches)`) runs it eagerly,
-    compiled. One replica only: tf.distribute splits batches over replicas through tf.data.
+    `position` is the global step of the next batch; `reset(step)` moves it (a resumed run, a
+    new segment of training), so one object and one trace serve a Trainer's whole life.
+    Nothing here is checkpointed: the stream is a function of the step.
+
+    `prepare(n)` then `next_in_graph()` up to n times inside a tf.function (TrainStep.loop);
+    `next(batches)` does both for one batch, compiled. One replica only: tf.distribute splits
+    batches over replicas through tf.data.
     """
 
     def __init__(
@@ -150,8 +155,10 @@ class InGraphBatches:
         values = tf.range(256, dtype=tf.int32)[:, None]
         self.table = tf.reshape(_standardize(values, self.mean, self.std), [-1])
         self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="position")
-        self.order = tf.Variable(tf.zeros([self.n], tf.int32), trainable=False, name="order")
-        self.order_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="order_epoch")
+        self.rows = tf.Variable(tf.zeros([0, batch_size], tf.int32), trainable=False,
+                                shape=tf.TensorShape([None, batch_size]), name="rows")  # fmt: skip
+        self.cursor = tf.Variable(0, dtype=tf.int32, trainable=False, name="cursor")
+        self._orders: dict[int, np.ndarray] = {}
         self._next = tf.function(self.next_in_graph, autograph=False)
         self.reset(start_step)
 
@@ -162,34 +169,38 @@ class InGraphBatches:
         self.position.assign(step)
         return self
 
-    def next_in_graph(self) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.name_scope("input"):  # bench.profile's data-input part
-            step = self.position.read_value()
-            epoch, offset = step // self.steps, step % self.steps
-
-            def new_epoch():
-                key = tf.random.experimental.stateless_fold_in(
-                    tf.stack([self.seed, _SHUFFLE_STREAM]), epoch
-                )
-                self.order.assign(
-                    tf.random.experimental.stateless_shuffle(tf.range(self.n), seed=key)
-                )
-                self.order_epoch.assign(epoch)
-                return tf.constant(True)
-
-            tf.cond(
-                tf.not_equal(self.order_epoch.read_value(), epoch),
-                new_epoch,
-                lambda: tf.constant(False),
+    def _order(self, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s order of the examples, as train_dataset computes it."""
+        if epoch not in self._orders:
+            key = tf.random.experimental.stateless_fold_in(  # int64, as train_dataset's
+                tf.stack([self.seed, _SHUFFLE_STREAM]), tf.constant(epoch, tf.int64)
             )
-            indices = tf.slice(self.order.read_value(), [offset * self.batch_size],
-                               [self.batch_size])  # fmt: skip
+            order = tf.random.experimental.stateless_shuffle(tf.range(self.n), seed=key)
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = order.numpy()
+        return self._orders[epoch]
+
+    def prepare(self, n: int) -> None:
+        """Puts the example indices of the next n batches where next_in_graph reads them."""
+        b, first = self.batch_size, int(self.position.numpy())
+        rows = []
+        for step in range(first, first + n):
+            epoch, offset = divmod(step, self.steps)
+            rows.append(self._order(epoch)[offset * b : (offset + 1) * b])
+        self.rows.assign(np.stack(rows))
+        self.cursor.assign(0)
+
+    def next_in_graph(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """The next prepared batch (images, labels); advances."""
+        with tf.name_scope("input"):  # bench.profile's data-input part
+            indices = tf.gather(self.rows.read_value(), self.cursor.read_value())
             batch = tf.gather(self.images, indices)
             if self.augment:
                 key = tf.random.experimental.stateless_fold_in(
-                    tf.stack([self.seed, _AUGMENT_STREAM]), step
+                    tf.stack([self.seed, _AUGMENT_STREAM]), self.position.read_value()
                 )
                 batch = _augment(batch, key)
+            self.cursor.assign_add(1)
             self.position.assign_add(1)
             index = tf.cast(batch, tf.int32)
             if self.channels > 1:
@@ -200,6 +211,7 @@ class InGraphBatches:
         return self
 
     def __next__(self) -> tuple[tf.Tensor, tf.Tensor]:
+        self.prepare(1)
         return self._next()
 
 

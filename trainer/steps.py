@@ -106,8 +106,8 @@ class TrainStep:
         loss or gradient is not finite (that step applies nothing, like a single step).
 
         `iterator` is a tf.data iterator, or an object whose `next_in_graph()` makes the next
-        batch with ops inside the loop (data.InGraphBatches: no iterator call per step); the
-        loop is traced once per such object.
+        batch with ops inside the loop after `prepare(n)` on the host (data.InGraphBatches: no
+        iterator call per step); the loop is traced once per such object.
 
         Returns {LOOP_STEPS: steps run (the last of them the non-finite one, if any),
         LOOP_FINITE: whether every step was finite, LOOP_LOSS / LOOP_ACCURACY: sums over the
@@ -122,6 +122,7 @@ class TrainStep:
             self._compiled_source_loop = tf.function(
                 lambda n: self._loop(iterator.next_in_graph, n), autograph=False
             )
+        iterator.prepare(int(n))
         return self._compiled_source_loop(n)
 
     def _loop(self, get_next, n):
