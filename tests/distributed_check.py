@@ -5,7 +5,9 @@
 Runs in a process of its own: the two replicas are two logical CPU devices, which must be
 configured before the TensorFlow runtime starts, so this cannot share pytest's process (other
 tests start the runtime first). It prints a table of measurements (max differences, relative
-errors) and writes them as JSON for tests/test_distributed.py, which holds the tolerances.
+errors) and writes them as JSON for tests/test_distributed.py, which holds the tolerances, and
+for test_keras_training.py and test_lstm_distributed.py (model.fit and the LSTM's TrainStep on
+the same 2 replicas, measured here so that the suite starts one such process, not three).
 
 Every comparison is between the same inputs and weights on 2 replicas and on one device (or
 NumPy float64 on the global batch): the global batch is split 32 / 32 unless said otherwise,
@@ -402,7 +404,30 @@ def check_contexts(h: Harness) -> dict:
     }
 
 
-CHECKS = (check_moments, check_gradients, check_offset, check_training_step, check_contexts)
+def check_keras_fit(h: Harness) -> dict:
+    """normlab's Keras batch norm in model.fit on the 2 replicas: tests/keras_mirrored_check.py."""
+    from tests.keras_mirrored_check import check_keras_fit as check
+
+    return check(h.strategy)
+
+
+def check_lstm(h: Harness) -> dict:
+    """The LSTM's recurrent batch norm in the trainer's TrainStep on the 2 replicas:
+    tests/lstm_mirrored_check.py."""
+    from tests.lstm_mirrored_check import check_lstm as check
+
+    return check(h.strategy)
+
+
+CHECKS = (
+    check_moments,
+    check_gradients,
+    check_offset,
+    check_training_step,
+    check_contexts,
+    check_keras_fit,
+    check_lstm,
+)
 
 
 def main(argv) -> int:

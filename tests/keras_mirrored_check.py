@@ -9,7 +9,8 @@ weights is trained by model.fit for 3 steps of a global batch of 64 Fashion-MNIS
 one device and under MirroredStrategy over 2 logical CPUs (32 images per replica), and the
 weights and moving statistics are compared; test_keras_training.py holds the tolerances.
 With synchronized=False each replica normalizes with its own half's statistics, which must
-show (the comparison can fail).
+show (the comparison can fail). tests/distributed_check.py runs `check_keras_fit` in its
+process with the other 2-replica measurements, so the suite starts that process once.
 """
 
 from __future__ import annotations
@@ -57,19 +58,16 @@ def _compare(model, reference, key: str) -> dict:
     }
 
 
-def main(argv) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the measurements to this file")
-    args = parser.parse_args(argv)
-    configure_devices(2)
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def check_keras_fit(mirrored: tf.distribute.Strategy) -> dict:
+    """The measurements, keyed keras_fit/<synchronized|local>/<what>; `mirrored` has 2
+    replicas."""
     x, y = fashion_mnist(STEPS * GLOBAL_BATCH, offset=1000)
     initial = cnn(models, "batch").get_weights()
     one_device = _trained(tf.distribute.get_strategy(), False, initial, x, y)
-    results = {"replicas": float(mirrored.num_replicas_in_sync)}
+    results = {"keras_fit/replicas": float(mirrored.num_replicas_in_sync)}
     for synchronized in (True, False):
         model = _trained(mirrored, synchronized, initial, x, y)
-        key = "synchronized" if synchronized else "local"
+        key = "keras_fit/" + ("synchronized" if synchronized else "local")
         results.update(_compare(model, one_device, key))
         # Every replica holds the same moving statistics, bit for bit.
         copies = [w.value.values for w in model.weights if "moving" in w.path]
@@ -79,6 +77,15 @@ def main(argv) -> int:
         predictions = model.predict(x[:GLOBAL_BATCH], batch_size=GLOBAL_BATCH, verbose=0)
         expected = one_device.predict(x[:GLOBAL_BATCH], batch_size=GLOBAL_BATCH, verbose=0)
         results[f"{key}/predictions_rel"] = _rel(predictions, expected)
+    return results
+
+
+def main(argv) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the measurements to this file")
+    args = parser.parse_args(argv)
+    configure_devices(2)
+    results = check_keras_fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     for key, value in results.items():
         print(f"{key:<36}{value:.3g}")
     if args.json:

@@ -5,7 +5,7 @@ TensorFlow runtime starts; a multi-worker strategy owns a server), so the measur
 by helper scripts in subprocesses, with a time limit, and checked here:
 
 * tests/distributed_check.py: MirroredStrategy over 2 logical CPUs, global batch 64 split
-  32 / 32 (or unevenly), in one process.
+  32 / 32 (or unevenly), in one process (the session fixture `mirrored` of conftest.py).
 * tests/multiworker_check.py: MultiWorkerMirroredStrategy, two worker processes talking over
   127.0.0.1, each with one replica and its own uneven slice (40 / 24).
 
@@ -35,28 +35,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Generous for two shared cores (each run takes ~10 s on an idle machine), but bounded.
 TIMEOUT_SECONDS = 180
 F32, F64 = tolerance(tf.float32), tolerance(tf.float64)
+# Each test starts or reads a TensorFlow process of its own; the `mirrored` measurements are
+# made once for this file, test_keras_training's and test_lstm_distributed's (one worker).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mirrored")]
 
 
 def _env():
     return dict(os.environ, PYTHONPATH=ROOT)
-
-
-@pytest.fixture(scope="module")
-def mirrored(tmp_path_factory):
-    """The measurements of tests/distributed_check.py (one subprocess for the module)."""
-    path = tmp_path_factory.mktemp("mirrored") / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.distributed_check", "--json", str(path)],
-        check=False,  # the assertion below shows the child's stderr instead
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_SECONDS,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(path) as fh:
-        return json.load(fh)
 
 
 @pytest.fixture(scope="module")
