@@ -1,4 +1,9 @@
-"""train.py under tf.distribute: 2 replicas (logical CPUs) and 2 worker processes on loopback."""
+"""train.py under tf.distribute: 2 replicas (logical CPUs) and 2 worker processes on loopback.
+
+The distributed runs are real train.py processes (logical devices and a worker's server must
+exist before TensorFlow's runtime starts); the one-device run they are compared with, eval's
+reading of their checkpoints and the TF_CONFIG check run in this process.
+"""
 
 import json
 import os
@@ -11,6 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from normlab.trainer import cli, distribute, evaluation
+from normlab.trainer.config import Config
+from normlab.trainer.trainer import Trainer
 from tests.fixtures import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +33,8 @@ FLAGS = [
     "--checkpoint_every=6",
     "--lr_schedule=constant",
 ]
+# The tests using `one_device` run on one worker, which makes it once.
+pytestmark = pytest.mark.xdist_group("distributed_trainer")
 
 
 def train(model_dir, *args, env=None, wait=True):
@@ -64,12 +74,37 @@ def max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory, idx_dir):
+    """FLAGS' run on one device, trained in this process by the Trainer train.py drives (the
+    runs compared with it are real train.py processes)."""
     model_dir = str(tmp_path_factory.mktemp("runs") / "default")
-    rc, _, err = train(model_dir, f"--data_dir={idx_dir}", *FLAGS)
-    assert rc == 0, err
+    config = Config(
+        data_dir=idx_dir,
+        batch_size=32,
+        validation_size=64,
+        widths=(8,),
+        dense_units=16,
+        train_steps=12,
+        log_every=6,
+        eval_every=100,
+        checkpoint_every=6,
+        lr_schedule="constant",
+    )
+    trainer = Trainer(config, model_dir, log=lambda _: None)
+    try:
+        trainer.train_and_evaluate()
+    finally:
+        trainer.close()
     return model_dir
 
 
+def evaluated_step(model_dir) -> int:
+    """The step of the checkpoint eval.py's library evaluates in `model_dir` (it must load)."""
+    results, failures = evaluation.evaluate_runs([model_dir])
+    assert not failures and len(results) == 1, failures
+    return results[0].step
+
+
+@pytest.mark.slow
 def test_two_replicas_equal_one_device_and_resume(tmp_path, idx_dir, one_device):
     mirrored = str(tmp_path / "mirrored")
     rc, out, err = train(
@@ -94,6 +129,7 @@ def test_two_replicas_equal_one_device_and_resume(tmp_path, idx_dir, one_device)
     assert max_diff(weights(mirrored), weights(resumed)) == 0.0
 
 
+@pytest.mark.slow
 def test_unsynchronized_batch_norm_trains_differently(tmp_path, idx_dir, one_device):
     unsynced = str(tmp_path / "unsynced")
     rc, _, err = train(
@@ -108,22 +144,12 @@ def test_unsynchronized_batch_norm_trains_differently(tmp_path, idx_dir, one_dev
     assert max_diff(weights(one_device), weights(unsynced)) > 1e-4
 
 
-def test_multi_worker_needs_tf_config(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "train.py"),
-            f"--model_dir={tmp_path / 'run'}",
-            "--strategy=multi_worker",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "needs the TF_CONFIG environment variable" in proc.stderr
+def test_multi_worker_needs_tf_config(monkeypatch, capsys):
+    """Without TF_CONFIG, --strategy=multi_worker is a usage error (train.py exits 2)."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code = cli.run_main(lambda: distribute.make_strategy("multi_worker"), "train.py")
+    err = capsys.readouterr().err
+    assert code == 2 and "needs the TF_CONFIG environment variable" in err, err
 
 
 def _workers(model_dir, idx_dir, extra=(), steps=12):
@@ -148,6 +174,7 @@ def _workers(model_dir, idx_dir, extra=(), steps=12):
     return procs
 
 
+@pytest.mark.slow
 def test_two_workers_train_like_one_device_and_the_chief_writes(tmp_path, idx_dir, one_device):
     model_dir = str(tmp_path / "mw")
     procs = _workers(model_dir, idx_dir)
@@ -160,16 +187,10 @@ def test_two_workers_train_like_one_device_and_the_chief_writes(tmp_path, idx_di
         n for n in os.listdir(model_dir) if not n.startswith(".worker")
     )  # scratch removed
     assert json.load(open(os.path.join(model_dir, "metrics.json")))["step"] == 12
-    r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "eval.py"), f"--model_dirs={model_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
+    assert evaluated_step(model_dir) == 12
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_chief_cleanly(tmp_path, idx_dir):
     model_dir = str(tmp_path / "mw")
     chief, worker = _workers(
@@ -190,11 +211,4 @@ def test_a_killed_worker_stops_the_chief_cleanly(tmp_path, idx_dir):
             p.kill()
             p.wait()
     # The chief's checkpoints are complete and usable.
-    r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "eval.py"), f"--model_dirs={model_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert evaluated_step(model_dir) >= 2

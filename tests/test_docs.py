@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from normlab.trainer.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +52,7 @@ def test_the_tensorboard_tags_table_is_the_one_the_code_writes():
         assert f"`{tag}`" in summaries.tags_markdown(), tag
 
 
+@pytest.mark.slow
 def test_the_library_example_runs_from_any_directory(tmp_path):
     """The README's first Python example, run from an empty temporary directory: normlab is
     importable wherever the user is (the set-up installs it), not only from the checkout."""

@@ -206,6 +206,7 @@ def test_save_restore_gives_identical_logits(tmp_path, norm):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow
 def test_train_py_end_to_end(tmp_path):
     data_dir = tmp_path / "data"
     write_idx_dataset(str(data_dir))

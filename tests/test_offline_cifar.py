@@ -22,6 +22,8 @@ from tests.fixtures import ROOT
 
 _TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
 _PER_FILE = 8  # records per fake CIFAR-10 file: 40 training and 8 test images
+# The tests reading `prepared` run on one worker, which prepares it once.
+pytestmark = pytest.mark.xdist_group("offline_cifar")
 
 
 def _write_cifar_binary(directory, seed=0):
@@ -109,6 +111,7 @@ def _tree(directory):
     )
 
 
+@pytest.mark.slow
 def test_train_reads_the_prepared_copy_in_tfds_default_dir(prepared, tmp_path):
     home, _ = prepared
     before = _tree(home)
@@ -138,6 +141,7 @@ def test_train_reads_the_prepared_copy_in_tfds_default_dir(prepared, tmp_path):
     assert _tree(home) == before
 
 
+@pytest.mark.slow
 def test_train_without_network_fails_at_once_and_leaves_nothing(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -12,7 +12,7 @@ from normlab.trainer import lock
 from normlab.trainer.config import Config
 from normlab.trainer.errors import RunError
 from normlab.trainer.trainer import Trainer
-from tests.fixtures import tiny_splits, write_idx_dataset
+from tests.fixtures import tiny_splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_LOCK = """
@@ -25,6 +25,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_live_lock_is_refused_and_a_dead_one_taken_over(tmp_path):
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
@@ -58,27 +59,44 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
     assert (tmp_path / "lock").read_text() == ""
 
 
+FLAGS = [
+    "--batch_size=16",
+    "--validation_size=32",
+    "--widths=8",
+    "--dense_units=16",
+    "--train_steps=400",
+    "--log_every=1",
+    "--eval_every=1000",
+    "--checkpoint_every=1000",
+    "--summary_every=1000",
+    "--histogram_every=1000",
+]
+TRAIN = [sys.executable, os.path.join(ROOT, "train.py")]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, idx_dir):
+    """metrics.json of the run both signal tests are compared with, trained uninterrupted."""
+    model_dir = tmp_path_factory.mktemp("straight") / "run"
+    result = subprocess.run(
+        TRAIN + [f"--model_dir={model_dir}", f"--data_dir={idx_dir}"] + FLAGS,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    with open(model_dir / "metrics.json") as fh:
+        return json.load(fh)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reliability")  # one worker makes `straight` once for both
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, sig):
-    data_dir = str(tmp_path / "data")
-    write_idx_dataset(data_dir)
-    flags = [
-        f"--data_dir={data_dir}",
-        "--batch_size=16",
-        "--validation_size=32",
-        "--widths=8",
-        "--dense_units=16",
-        "--train_steps=400",
-        "--log_every=1",
-        "--eval_every=1000",
-        "--checkpoint_every=1000",
-        "--summary_every=1000",
-        "--histogram_every=1000",
-    ]
-    train = [sys.executable, os.path.join(ROOT, "train.py")]
+def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, idx_dir, straight, sig):
     interrupted = str(tmp_path / "interrupted")
     proc = subprocess.Popen(
-        train + [f"--model_dir={interrupted}"] + flags,
+        TRAIN + [f"--model_dir={interrupted}", f"--data_dir={idx_dir}"] + FLAGS,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -99,22 +117,14 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, sig):
     assert (tmp_path / "interrupted" / "lock").read_text() == ""  # released
 
     resumed = subprocess.run(
-        train + [f"--model_dir={interrupted}"],
+        TRAIN + [f"--model_dir={interrupted}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
-    straight = subprocess.run(
-        train + [f"--model_dir={tmp_path / 'straight'}"] + flags,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert straight.returncode == 0, straight.stderr
     a = json.load(open(os.path.join(interrupted, "metrics.json")))
-    b = json.load(open(tmp_path / "straight" / "metrics.json"))
     # Bitwise-equal weights give bitwise-equal test losses.
-    assert a["test_loss"] == b["test_loss"] and a["test_accuracy"] == b["test_accuracy"]
+    assert a["test_loss"] == straight["test_loss"]
+    assert a["test_accuracy"] == straight["test_accuracy"]
