@@ -258,8 +258,10 @@ def make_config(preset: Preset, data_dir: str, train_examples: int, cell: dict, 
         bn_momentum=p.bn_momentum**ratio,
         train_steps=steps,
         eval_every=every,
-        log_every=max(1, p.eval_examples // b),
-        summary_every=max(1, p.eval_examples // b),
+        log_every=max(1, resolution // b),
+        # Training summaries: the LSTM's loss curve (a figure) every validation; the CNN's
+        # only at the first and last step (the report reads those), as they cost seconds.
+        summary_every=max(1, resolution // b) if lstm else 10**9,
         checkpoint_every=max(1, p.checkpoint_examples // b),
         histogram_every=10**9,  # first and last step only: the report reads the scalars
     )
