@@ -117,8 +117,8 @@ class InGraphBatches:
     epochs' orders, each a pure function of seed and epoch computed by the same stateless
     shuffle as train_dataset, once per epoch); each step inside the call gathers its row's
     images, augments them with train_dataset's own function (keyed by the step) and
-    standardizes them by a table lookup. No branch inside the loop: a per-step cond choosing
-    when to reshuffle cost more than the rest of the input.
+    standardizes them by a table lookup. No branch inside the loop: a per-step cond for a
+    reshuffle needed once per epoch would run at every step.
 
     `position` is the global step of the next batch; `reset(step)` moves it (a resumed run, a
     new segment of training), so one object and one trace serve a Trainer's whole life.
