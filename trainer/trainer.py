@@ -355,9 +355,12 @@ class Trainer:
             return contextlib.nullcontext()
         if getattr(self, "_precise", None) is None:
             self._precise = population.for_model(self.model)
-        count = -(-c.precise_bn_examples // c.batch_size)
-        batches = self.splits.train_batches(batch_size=c.batch_size, seed=c.seed).take(count)
-        statistics, _ = self._precise(x for x, _ in batches)
+            # The same batches before every evaluation: made once (a new tf.data pipeline per
+            # evaluation cost about as much as the recomputation at batch 128).
+            count = -(-c.precise_bn_examples // c.batch_size)
+            batches = self.splits.train_batches(batch_size=c.batch_size, seed=c.seed)
+            self._precise_batches = [x for x, _ in batches.take(count)]
+        statistics, _ = self._precise(iter(self._precise_batches))
         return population.using(statistics)
 
     def train_and_evaluate(self) -> dict:
