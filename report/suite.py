@@ -9,6 +9,7 @@ share of the cores' threads; `--shard=I/N` takes every N-th job of the plan (des
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -286,13 +287,20 @@ def run_all(jobs, setup: Setup, jobs_at_once: int, say, trainer_log, commit: boo
         return failures
     import multiprocessing
 
+    # The cost benchmark times steps: it runs alone, in this process, after the others.
+    alone = [j for j in todo if j.kind == "cost"]
+    shared = [j for j in todo if j not in alone]
     context = multiprocessing.get_context("spawn")
     worker_setup = dataclasses.replace(setup, threads=max(1, (os.cpu_count() or 2) // jobs_at_once))
-    with context.Pool(jobs_at_once, initializer=_init_worker, initargs=(worker_setup,)) as pool:
+    with (context.Pool(jobs_at_once, initializer=_init_worker, initargs=(worker_setup,))
+          if shared else contextlib.nullcontext()) as pool:  # fmt: skip
         try:
-            for i, (name, text, error) in enumerate(pool.imap_unordered(_work, todo), 1):
+            for i, (name, text, error) in enumerate(pool.imap_unordered(_work, shared)
+                                                    if shared else [], 1):  # fmt: skip
                 finished(i, name, text, error)
         except KeyboardInterrupt:
             pool.terminate()
             raise
+    for i, job in enumerate(alone, len(todo) - len(alone) + 1):
+        finished(i, job.name, summary(run_job(job, setup, trainer_log)), None)
     return failures

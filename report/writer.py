@@ -362,8 +362,9 @@ def cost_section(ctx: tables.Context, estimates: dict, figure) -> str:
         "## Cost",
         f"The trainer's step (forward, backward, update) of each norm's CNN on one real batch of "
         f"{p.reference_batch}, {p.cost_rounds} rounds of {p.cost_steps} steps, the models taking "
-        "turns in a fresh random order each round (bench.model's timer); mean over rounds with "
-        "its 95% interval.",
+        "turns in a fresh random order each round (bench.model's timer), the suite's only job "
+        "then (with --jobs=K it runs alone after the others); mean over rounds with its 95% "
+        "interval. The report's only per-norm speed.",
         markdown_table(["norm", "ms per step", "vs none"], body) if body else "Not yet measured.",
         _figure(figure, "Cost per training step"),
     )

@@ -500,6 +500,8 @@ def tiny(tmp_path_factory):
                 crash=crash, base=base)  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_tiny")
 def test_records_hold_what_the_report_needs(tiny):
     assert tiny["failures"] == 0
     by = records.load_all(tiny["setup"].results, "tiny")
@@ -530,12 +532,38 @@ def test_records_hold_what_the_report_needs(tiny):
     assert "test_accuracy_plain" in lstm["analyses"]["bn_stats"]
 
 
+def test_with_several_jobs_at_once_the_cost_benchmark_runs_alone(monkeypatch, tmp_path):
+    """--jobs=2: the cost job is not given to the pool (where another job would share the
+    cores while it times steps); it runs in this process after the others."""
+    import multiprocessing
+
+    cost = next(j for j in design.plan(FULL, "", design.TRAIN_EXAMPLES) if j.kind == "cost")
+    ran = []
+
+    def fake_run_job(job, setup, log=None):
+        ran.append(job.name)
+        return {"kind": "cost", "wall_seconds": 1.0}
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a pool for the cost job")
+
+    monkeypatch.setattr(suite, "run_job", fake_run_job)
+    monkeypatch.setattr(multiprocessing, "get_context", lambda _: type("C", (), {"Pool": no_pool}))
+    setup = suite.Setup(FULL, str(tmp_path / "runs"), str(tmp_path / "results"), "")
+    assert suite.run_all([cost], setup, 2, lambda _: None, print, commit=False) == 0
+    assert ran == ["cost"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_tiny")
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny):
     assert any("resumed from" in line and "ckpt-" in line for line in tiny["log"])
     record = records.read_json(records.path(tiny["setup"].results, "tiny", tiny["crash"].name))
     assert record["steps_trained"] == tiny["crash"].config.train_steps
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_tiny")
 def test_a_second_session_trains_nothing(tiny):
     lines = []
     before = {
@@ -553,6 +581,8 @@ def test_a_second_session_trains_nothing(tiny):
     assert before == after
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_tiny")
 def test_the_report_is_a_pure_function_of_the_records(tiny, tmp_path):
     a = writer.write(design.PRESETS["tiny"], tiny["setup"].results, str(tmp_path / "a"))
     b = writer.write(design.PRESETS["tiny"], tiny["setup"].results, str(tmp_path / "b"))
@@ -584,6 +614,7 @@ def test_the_committed_report_is_regenerated_byte_for_byte(tmp_path):
                   else []) == sorted(os.listdir(figures) if os.path.isdir(figures) else [])
 
 
+@pytest.mark.slow
 def test_report_program_plans_for_real(tmp_path):
     """report.py itself (the one test that spawns it): --plan of the tiny preset."""
     r = subprocess.run(
