@@ -53,8 +53,13 @@ class Power:
         return stats.detectable_effect(self.sd, self.n, self.alpha)
 
 
+def pilot_records() -> tuple[dict, ...]:
+    """The pilot's records (read once per results folder)."""
+    return _records(RESULTS)
+
+
 @functools.lru_cache(maxsize=4)
-def pilot_records(results: str = RESULTS) -> tuple[dict, ...]:
+def _records(results: str) -> tuple[dict, ...]:
     from normlab.report import records
 
     return tuple(records.load_all(results, PILOT).values())
@@ -98,6 +103,13 @@ def analysis(preset: design.Preset) -> tuple[Power, ...]:
 
 def _analysis(preset: design.Preset) -> tuple[Power, ...]:
     recs = pilot_records() if preset.power_from else ()
+    if preset.power_from and not recs:
+        from normlab.trainer.errors import UsageError
+
+        raise UsageError(
+            f"preset {preset.name} fixes its seeds from the pilot's records, which are not in "
+            f"{os.path.join(RESULTS, PILOT)}: run report.py from a normlab checkout."
+        )
     found = {}
     for claim in claims.CLAIMS:
         d = pilot_differences(claim, recs) if recs else []

@@ -343,6 +343,18 @@ def test_power_ranks_claims_by_the_pilots_effect_and_caps_by_the_budget():
     assert gain.capped and gain.detectable > gain.effect
 
 
+def test_the_full_preset_refuses_to_plan_without_the_pilots_records(monkeypatch, tmp_path):
+    """An installed normlab has no report/results/pilot/: planning the full preset says so
+    (exit 2 through report.py) instead of planning min_seeds everywhere."""
+    from normlab.report import power
+    from normlab.trainer.errors import UsageError
+
+    monkeypatch.setattr(power, "RESULTS", str(tmp_path))
+    with pytest.raises(UsageError, match="pilot's records"):
+        power._analysis(FULL)
+    assert power._analysis(design.PRESETS["tiny"])  # presets without power_from need none
+
+
 def _tune_record(key: str, rate: float, seed: int, val: float, test: float) -> dict:
     norm, _, init = key.partition("/")
     return dict(name=f"t-{key}-{rate}-{seed}", kind="run", sections=["tune"],
