@@ -10,8 +10,11 @@ import time
 
 import pytest
 
-from tests.fixtures import ROOT
+from tests.fixtures import ROOT, train_flags_in_process
 from tests.fixtures import run_program as run
+
+# Tests reading this module's fixture run on one worker (--dist loadgroup): it is made once.
+pytestmark = pytest.mark.xdist_group("bad_input")
 
 FAST = [
     "--batch_size=32",
@@ -60,11 +63,13 @@ def trained(tmp_path_factory, idx_dir):
     ],
 )
 def test_flag_errors(tmp_path, args, message):
-    r = run("train.py", f"--model_dir={tmp_path / 'run'}", *args)
-    assert r.returncode == 2 and message in r.stderr, r.stderr
-    assert not (tmp_path / "run").exists()
+    """train.py's flags parsed and validated in this process (tests.fixtures); the real
+    program's exit 2 without a run directory: test_cli."""
+    code, err = train_flags_in_process(f"--model_dir={tmp_path / 'run'}", *args)
+    assert code == 2 and message in err, err
 
 
+@pytest.mark.slow
 def test_batch_larger_than_the_dataset_writes_nothing(tmp_path, idx_dir):
     r = run(
         "train.py",
@@ -77,16 +82,8 @@ def test_batch_larger_than_the_dataset_writes_nothing(tmp_path, idx_dir):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(
-    "damage,message",
-    [
-        ("truncate", "truncated"),
-        ("magic", "bad magic number"),
-        ("garbage-gzip", "gzip"),
-        ("labels-mismatch", "labels"),
-    ],
-)
-def test_corrupt_idx_files(tmp_path, idx_dir, damage, message):
+def _damaged_copy(idx_dir, tmp_path, damage):
+    """A copy of the IDX data set with one kind of damage."""
     broken = tmp_path / "broken"
     shutil.copytree(idx_dir, broken)
     images = broken / "train-images-idx3-ubyte.gz"
@@ -106,21 +103,46 @@ def test_corrupt_idx_files(tmp_path, idx_dir, damage, message):
         labels = broken / "train-labels-idx1-ubyte"
         raw = labels.read_bytes()
         labels.write_bytes(raw[:4] + (100).to_bytes(4, "big") + raw[8:108])
+    return broken
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("truncate", "truncated"),
+        ("magic", "bad magic number"),
+        ("garbage-gzip", "gzip"),
+        ("labels-mismatch", "labels"),
+    ],
+)
+def test_corrupt_idx_files(tmp_path, idx_dir, damage, message):
+    """What train.py loads, loaded in this process: a DatasetError (train.py: exit 2) naming the
+    damage; the real program: test_corrupt_idx_files_stop_train_py."""
+    from normlab import data
+
+    with pytest.raises(data.DatasetError, match=re.escape(message)):
+        data.load("fashion_mnist", str(_damaged_copy(idx_dir, tmp_path, damage)), 64)
+
+
+@pytest.mark.slow
+def test_corrupt_idx_files_stop_train_py(tmp_path, idx_dir):
     r = run(
         "train.py",
         f"--model_dir={tmp_path / 'run'}",
-        f"--data_dir={broken}",
+        f"--data_dir={_damaged_copy(idx_dir, tmp_path, 'truncate')}",
         "--validation_size=64",
     )
-    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert r.returncode == 2 and "truncated" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_model_dir():
     r = run("train.py", "--model_dir=/proc/normlab-run", "--train_steps=1")
     assert r.returncode == 2 and "cannot create --model_dir=/proc/normlab-run" in r.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_another_architecture_or_norm_changes_nothing(trained):
     before = snapshot(trained)
     for flag, message in (
@@ -132,6 +154,7 @@ def test_resume_with_another_architecture_or_norm_changes_nothing(trained):
     assert snapshot(trained) == before
 
 
+@pytest.mark.slow
 def test_eval_checkpoint_of_another_model_and_corrupt_checkpoint(tmp_path, trained):
     before = snapshot(trained)
     root = tmp_path / "runs"
@@ -159,6 +182,7 @@ def test_eval_checkpoint_of_another_model_and_corrupt_checkpoint(tmp_path, train
     assert snapshot(trained) == before
 
 
+@pytest.mark.slow
 def test_eval_reads_a_run_while_it_trains(tmp_path, idx_dir):
     model_dir = tmp_path / "live"
     train = subprocess.Popen(

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from tests.fixtures import run_program as run
+from tests.fixtures import train_flags_in_process
 
 FAST = [
     "--batch_size=32",
@@ -20,6 +21,7 @@ FAST = [
 ]
 
 
+@pytest.mark.slow
 def test_train_resume_and_eval(tmp_path, idx_dir):
     run_a, run_b = str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")
     r = run("train.py", f"--model_dir={run_a}", f"--data_dir={idx_dir}", "--train_steps=8", *FAST)
@@ -93,13 +95,27 @@ def test_train_resume_and_eval(tmp_path, idx_dir):
         (["--norm=batch", "--batch_size=1"], "needs --batch_size >= 2"),
     ],
 )
-def test_train_flag_errors_exit_2_without_creating_the_run(tmp_path, args, message):
-    model_dir = tmp_path / "run"
-    r = run("train.py", f"--model_dir={model_dir}", *args)
-    assert r.returncode == 2 and message in r.stderr, r.stderr
-    assert not model_dir.exists()
+def test_train_flag_errors_exit_2(tmp_path, args, message):
+    """train.py's flags parsed and validated in this process (tests.fixtures)."""
+    code, err = train_flags_in_process(f"--model_dir={tmp_path / 'run'}", *args)
+    assert code == 2 and message in err, err
 
 
+@pytest.mark.slow
+def test_train_flag_errors_exit_2_without_creating_the_run(tmp_path):
+    """The real program: a bad flag (parse error) and a bad combination (validation) exit 2
+    and leave no run directory."""
+    for args, message in (
+        (["--learning_rate=abc"], "flag --learning_rate=abc"),
+        (["--norm=batch", "--batch_size=1"], "needs --batch_size >= 2"),
+    ):
+        model_dir = tmp_path / "run"
+        r = run("train.py", f"--model_dir={model_dir}", *args)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert not model_dir.exists()
+
+
+@pytest.mark.slow
 def test_missing_dataset_names_the_fix(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -108,6 +124,7 @@ def test_missing_dataset_names_the_fix(tmp_path):
     assert "train-images-idx3-ubyte" in r.stderr
 
 
+@pytest.mark.slow
 def test_eval_errors(tmp_path):
     r = run("eval.py", f"--model_dirs={tmp_path}")
     assert r.returncode == 1 and "neither a normlab run" in r.stdout
@@ -129,6 +146,7 @@ def test_boolean_flags_read_as_what_true_does_in_help():
     assert "  --jobs=1" in text and "--noplan" not in text
 
 
+@pytest.mark.slow
 def test_a_data_dir_that_does_not_exist_is_named_as_such(tmp_path):
     from normlab import data
 
@@ -140,6 +158,7 @@ def test_a_data_dir_that_does_not_exist_is_named_as_such(tmp_path):
         data.load("fashion_mnist", str(tmp_path / "file"), 10)
 
 
+@pytest.mark.slow
 def test_train_help_names_both_models_and_what_start_over_does():
     import ast
 

@@ -3,6 +3,8 @@ damaged files aside; eval.py evaluates the newest intact one or exactly the one 
 
 import os
 
+import pytest
+
 from tests.fixtures import run_program
 
 FAST = ("--eval_every=4", "--log_every=4", "--summary_every=4", "--eval_batch_size=64")
@@ -16,6 +18,7 @@ def _train(model_dir, idx_dir, steps):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_skipped_and_kept(tmp_path, idx_dir):
     model_dir = tmp_path / "x"
     assert _train(model_dir, idx_dir, 8).returncode == 0
@@ -40,6 +43,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_kept(tmp_path, idx_dir):
     assert os.path.exists(ckpts / "ckpt-12.index")
 
 
+@pytest.mark.slow
 def test_a_finished_run_without_checkpoints_is_refused_until_start_over(tmp_path, idx_dir):
     """Results exist (metrics.json of a finished run) but nothing to resume from: refused,
     nothing touched; --start_over moves the earlier run aside (kept) and trains again."""

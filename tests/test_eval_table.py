@@ -11,6 +11,7 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 
 from normlab.trainer.config import Config
 from normlab.trainer.evaluation import (
@@ -27,6 +28,7 @@ SMALL = ("--batch_size=16", "--validation_size=64", "--eval_every=4", "--log_eve
 CNN = ("--widths=8", "--dense_units=16")
 
 
+@pytest.mark.slow
 def test_eval_shows_each_runs_status_and_readable_losses(tmp_path, idx_dir):
     root = tmp_path / "runs"
 
@@ -101,6 +103,7 @@ def test_the_status_describes_the_evaluated_checkpoint():
     assert checkpoint_status(30, 80, {}, training=False) == "step 30 of 80 (stopped)"
 
 
+@pytest.mark.slow
 def test_a_lock_names_a_live_holder_only(tmp_path):
     assert lock_holder(str(tmp_path)) is None  # no lock
     (tmp_path / "lock").write_text("")  # emptied by a clean exit

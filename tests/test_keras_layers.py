@@ -28,6 +28,9 @@ from tests.keras_fixtures import (
 )
 from tests.numerics import tolerance
 
+# Tests reading this module's fixture run on one worker (--dist loadgroup): it is made once.
+pytestmark = pytest.mark.xdist_group("keras_layers")
+
 F32 = tolerance(tf.float32)
 
 

@@ -3,9 +3,12 @@ first before the run's first checkpoint, restarted with the same command (no --s
 
 import argparse
 
+import pytest
+
 from scripts import kill_resume
 
 
+@pytest.mark.slow
 def test_survives_sigkill_before_the_first_checkpoint_at_random_moments_and_mid_save(tmp_path):
     findings = kill_resume.run(
         argparse.Namespace(

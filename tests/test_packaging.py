@@ -7,6 +7,7 @@ import subprocess
 import sys
 import venv
 
+import pytest
 import tomllib
 
 from tests.fixtures import ROOT
@@ -35,6 +36,7 @@ def test_pyproject_declares_every_requirement_with_the_same_range():
     assert _declared() == _requirements()
 
 
+@pytest.mark.slow
 def test_a_wheel_installs_into_a_fresh_virtualenv_and_runs_a_layer_and_the_programs(
     tmp_path, idx_dir
 ):

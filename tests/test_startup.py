@@ -128,6 +128,7 @@ def _worker(model_dir, idx_dir, tf_config, *args):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.slow
 def test_a_missing_worker_is_named_and_a_signal_ends_the_wait(tmp_path, idx_dir, signum):
     p0, p1 = _distinct_free_ports(2)
     worker0 = _worker(tmp_path / "run", idx_dir, _cluster(0, f"127.0.0.1:{p0}", f"127.0.0.1:{p1}"))
@@ -145,6 +146,7 @@ def test_a_missing_worker_is_named_and_a_signal_ends_the_wait(tmp_path, idx_dir,
     assert not os.path.exists(tmp_path / "run")  # nothing was written
 
 
+@pytest.mark.slow
 def test_the_startup_timeout_names_the_workers_that_never_answered(tmp_path, idx_dir):
     p0, p1, p2 = _distinct_free_ports(3)
     cluster = _cluster(0, f"127.0.0.1:{p0}", f"127.0.0.1:{p1}", f"no-such-host.invalid:{p2}")
@@ -163,6 +165,7 @@ def test_the_startup_timeout_names_the_workers_that_never_answered(tmp_path, idx
     assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_a_worker_started_late_joins_and_both_train(tmp_path, idx_dir):
     p0, p1 = _distinct_free_ports(2)
     addresses = (f"127.0.0.1:{p0}", f"127.0.0.1:{p1}")
@@ -187,6 +190,7 @@ def test_a_worker_started_late_joins_and_both_train(tmp_path, idx_dir):
         assert json.load(fh)["step"] == 2
 
 
+@pytest.mark.slow
 def test_the_replica_count_is_logged_for_every_strategy(tmp_path, idx_dir):
     expected = {  # MultiWorkerMirroredStrategy's: test_a_worker_started_late_joins...
         "1 replica (default strategy)": [],
@@ -215,6 +219,7 @@ def _importing_tensorflow(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_tensorflow_imports_prints_one_line(tmp_path):
     program = Program(f"--model_dir={tmp_path / 'run'}", *FLAGS)
     try:
@@ -229,6 +234,7 @@ def test_ctrl_c_while_tensorflow_imports_prints_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_trains_again_with_the_same_command(
     tmp_path, idx_dir
 ):

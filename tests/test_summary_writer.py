@@ -34,6 +34,7 @@ def test_any_set_of_scalar_tags_is_written_by_one_trace(tmp_path):
 @pytest.mark.parametrize(
     "arch", [("--widths=8", "--dense_units=16"), ("--arch=lstm", "--lstm_units=8")]
 )
+@pytest.mark.slow
 def test_a_short_training_prints_no_retracing_warning(tmp_path, idx_dir, arch):
     r = run_program("train.py", f"--model_dir={tmp_path / 'run'}", f"--data_dir={idx_dir}",
                     *SMALL, *arch)  # fmt: skip

@@ -20,6 +20,9 @@ from normlab.trainer import summaries
 from tests.fixtures import ROOT
 from tests.fixtures import run_program as run
 
+# Tests reading this module's fixture run on one worker (--dist loadgroup): it is made once.
+pytestmark = pytest.mark.xdist_group("user_slips")
+
 FAST = [
     "--batch_size=32",
     "--validation_size=64",
@@ -65,6 +68,7 @@ def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
     return results
 
 
+@pytest.mark.slow
 def test_every_program_and_module_prints_its_help():
     """Every help flag of every program, and --help of every `python -m` entry point: exit 0,
     the usage and the flags, and no TensorFlow start-up lines."""
@@ -82,27 +86,14 @@ def test_every_program_and_module_prints_its_help():
             assert "Usage:" in r.stdout and "Flags:" in r.stdout, command
 
 
-def test_parity_prints_its_table_and_nothing_on_stderr():
-    """parity.py runs float16 ops, at which TensorFlow's C++ logs an ERROR-level notice on CPUs
-    without AVX512-FP16; a user must see the table, not that line."""
-    r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "parity.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.strip() == "", r.stderr
-    assert "float16" in r.stdout and "rms" in r.stdout
-
-
+@pytest.mark.slow
 def test_a_bad_flag_names_a_help_command_that_works():
     r = run("train.py", "--bogus=1")
     assert r.returncode == 2 and "Run train.py --help for every flag." in r.stderr
     assert run("train.py", "--help").returncode == 0
 
 
+@pytest.mark.slow
 def test_finished_interrupted_resumed_and_shortened_runs(tmp_path, idx_dir):
     """A run interrupted by SIGINT, resumed, then started again: metrics.json has every field,
     training time counts every segment, the second start changes nothing, and fewer steps
@@ -168,6 +159,7 @@ def runs_root(tmp_path_factory, idx_dir):
     return root
 
 
+@pytest.mark.slow
 def test_a_directory_of_runs_is_not_a_run(runs_root, idx_dir):
     before = _hashes(runs_root)
     r = run("train.py", f"--model_dir={runs_root}", f"--data_dir={idx_dir}")
@@ -175,6 +167,7 @@ def test_a_directory_of_runs_is_not_a_run(runs_root, idx_dir):
     assert _hashes(runs_root) == before
 
 
+@pytest.mark.slow
 def test_eval_reports_each_failure_once_and_evaluates_the_rest(runs_root):
     r = run("eval.py", f"--model_dirs={runs_root},{runs_root / 'nope'}")
     assert r.returncode == 1, r.stderr
@@ -186,6 +179,7 @@ def test_eval_reports_each_failure_once_and_evaluates_the_rest(runs_root):
     assert r.returncode == 1 and (r.stdout + r.stderr).count("ckpt-999") == 1
 
 
+@pytest.mark.slow
 def test_eval_compares_any_number_of_runs_in_100_columns(runs_root, tmp_path):
     out = tmp_path / "cmp.json"
     r = run("eval.py", f"--model_dirs={runs_root}", f"--json={out}")
@@ -199,6 +193,7 @@ def test_eval_compares_any_number_of_runs_in_100_columns(runs_root, tmp_path):
     assert len(matrix) == 3 and all(matrix[i][i] == 1.0 for i in range(3))
 
 
+@pytest.mark.slow
 def test_course_net_records_the_sizes_it_uses(tmp_path, idx_dir):
     model_dir = tmp_path / "course"
     r = run(
@@ -218,6 +213,7 @@ def test_course_net_records_the_sizes_it_uses(tmp_path, idx_dir):
     assert r.returncode == 2 and "--widths does not apply to --arch=course" in r.stderr
 
 
+@pytest.mark.slow
 def test_tensorboard_records(tmp_path, idx_dir):
     """Histograms (weights, gradients, activations) at the first and last step; training and
     validation on the same tags; HParams with the experiment's settings, led by the final test
@@ -283,6 +279,7 @@ def test_tensorboard_records(tmp_path, idx_dir):
         assert name in recorded, name
 
 
+@pytest.mark.slow
 def test_hparams_one_trial_per_run_directory_with_the_settings_that_made_it(tmp_path, idx_dir):
     """Each run directory is its own HParams trial (TensorBoard names an unnamed trial by the
     run's path, so cmp/group and lstm/group, or a copy of a run, never merge), and a restart
