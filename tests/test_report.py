@@ -514,8 +514,6 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("report_tiny")
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_tiny")
 def test_records_hold_what_the_report_needs(tiny):
     assert tiny["failures"] == 0
     by = records.load_all(tiny["setup"].results, "tiny")
@@ -570,16 +568,12 @@ def test_with_several_jobs_at_once_the_cost_benchmark_runs_alone(monkeypatch, tm
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("report_tiny")
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_tiny")
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny):
     assert any("resumed from" in line and "ckpt-" in line for line in tiny["log"])
     record = records.read_json(records.path(tiny["setup"].results, "tiny", tiny["crash"].name))
     assert record["steps_trained"] == tiny["crash"].config.train_steps
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_tiny")
 @pytest.mark.slow
 @pytest.mark.xdist_group("report_tiny")
 def test_a_second_session_trains_nothing(tiny):
@@ -599,8 +593,6 @@ def test_a_second_session_trains_nothing(tiny):
     assert before == after
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_tiny")
 @pytest.mark.slow
 @pytest.mark.xdist_group("report_tiny")
 def test_the_report_is_a_pure_function_of_the_records(tiny, tmp_path):
@@ -634,7 +626,6 @@ def test_the_committed_report_is_regenerated_byte_for_byte(tmp_path):
                   else []) == sorted(os.listdir(figures) if os.path.isdir(figures) else [])
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_report_program_plans_for_real(tmp_path):
     """report.py itself (the one test that spawns it): --plan of the tiny preset."""
