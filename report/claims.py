@@ -163,7 +163,10 @@ class Result:
             for k, what in ((side.diverged, "diverged"), (side.not_reached, "not reached"))
             if k
         ]
-        shown = "no runs" if e is None else e.format(scale, digits, unit)
+        if e is None:
+            shown = "not yet trained" if not (self.a.runs or self.b.runs) else "no paired runs"
+        else:
+            shown = e.format(scale, digits, unit)
         margin = (
             f" (margin +-{EQUIVALENCE_MARGIN * 100:g} pts)" if self.claim.kind == EQUIVALENT else ""
         )

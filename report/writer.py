@@ -105,6 +105,8 @@ def header(ctx: tables.Context, sessions: list[dict], jobs: list, missing: int, 
         f"- Suite wall time, measured: {measured}; predicted by the cost model of `--plan` "
         f"(predicted, not measured): {design.predicted(planned, sorted({2, *at_once}))}.\n"
         f"- Time not spent training: {records.overhead_text(ctx.records)}.",
+        "" if ctx.records else "**No record yet**: this page states the design, fixed before "
+        "the runs; every claim is not yet trained (the pilot's numbers below only fix the seeds).",
     )
 
 
