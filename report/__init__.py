@@ -3,7 +3,8 @@
 Modules, in the order the command uses them:
     cli.py          report.py's flags and main
     design.py       presets, the cells and jobs (names, configs, hashes), the ordered plan,
-                    shards, the cost model, budgets
+                    shards, budgets
+    cost.py         the cost model: each job's predicted time, the suite's with K at once
     power.py        seeds by power from the pilot's records
     suite.py        does the jobs that have no record (in K processes with --jobs), writes each
                     record as it finishes
