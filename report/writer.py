@@ -218,7 +218,10 @@ def design_section(ctx: tables.Context, tuning: dict, chosen: dict) -> str:
         f"least {p.min_seeds} seeds, at most the budget's cap per section "
         f"({', '.join(f'{k} {v}' for k, v in p.max_seeds)}). A cell takes the largest n of the "
         "claims it feeds. A capped claim states the smallest difference its n detects with "
-        "80% power.",
+        "80% power."
+        + "".join(f" Claim {claims.CLAIMS.index(c) + 1} has no cells in the pilot: its spread "
+                  "is read from the pilot's cells of the same comparison at SGD 0.05."
+                  for c in claims.CLAIMS if c.pilot),  # fmt: skip
         markdown_table(["claim", "pilot n", "pilot s", "pilot mean", "d sought", "Holm level",
                         "n required", "n planned", "capped"], power.table_rows(p)),  # fmt: skip
     )
