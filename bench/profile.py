@@ -68,9 +68,9 @@ _CONTROL_TYPES = {"Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond
 # gradients, "gradient_tape".
 _SCOPES = (
     (re.compile(r"(^|/)input/"), "data input"),
-    (re.compile(r"(^|/)(update|sgd|SGD|adam|Adam)(_\d+)?/"), "optimizer"),
+    (re.compile(r"(^|/)(update|sgd|SGD|adam|Adam)(_\d+)*/"), "optimizer"),
     (re.compile(r"(^|/)(backward|gradient_tape)/"), "backward"),
-    (re.compile(r"(^|/)(forward|sequential)(_\d+)?/"), "forward"),
+    (re.compile(r"(^|/)(forward|sequential)(_\d+)*/"), "forward"),
 )
 
 
@@ -139,10 +139,12 @@ def summarize(trace: dict, steps: int, wall_s: float, top: int) -> dict:
     ops = trace["ops"]
     count, ns = collections.Counter(), collections.Counter()
     by_op_ns, by_op_count = collections.Counter(), collections.Counter()
+    by_type = collections.defaultdict(collections.Counter)
     for name, op_type, _, _, duration in ops:
         part = classify(name, op_type)
         count[part] += 1
         ns[part] += duration
+        by_type[part][op_type.removeprefix("_MklNative").removeprefix("_Mkl")] += 1
         # The while loop's iterations and the cond's branches are one op each, whatever the
         # frame: strip the prefixes TensorFlow adds so the same op sums over steps.
         key = f"{_short(name)}:{op_type}"
@@ -153,7 +155,8 @@ def summarize(trace: dict, steps: int, wall_s: float, top: int) -> dict:
         "wall_ms_per_step": wall_s * 1e3 / steps,
         "ops_per_step": len(ops) / steps,
         "parts": {
-            p: {"ops_per_step": count[p] / steps, "ms_per_step": ns[p] / 1e6 / steps}
+            p: {"ops_per_step": count[p] / steps, "ms_per_step": ns[p] / 1e6 / steps,
+                "op_types": {t: c / steps for t, c in by_type[p].most_common()}}  # fmt: skip
             for p in PARTS
         },
         "host_ms_per_step": max(wall_ns - _busy_ns(ops), 0.0) / 1e6 / steps,
@@ -233,7 +236,8 @@ def report(name: str, s: dict) -> None:
           f" host (no op running) {s['host_ms_per_step']:.3f} ms/step, tf.data threads "
           f"{s['pipeline_threads_ms_per_step']:.3f} ms/step")  # fmt: skip
     for part, v in s["parts"].items():
-        print(f"    {part:<13} {v['ops_per_step']:>6.1f} ops {v['ms_per_step']:>8.3f} ms")
+        types = ", ".join(f"{t} {c:.3g}" for t, c in v["op_types"].items())
+        print(f"    {part:<14} {v['ops_per_step']:>6.1f} ops {v['ms_per_step']:>8.3f} ms  ({types})")
     for t in s["top"]:
         print(f"      {t['us_per_step']:>8.1f} us  x{t['per_step']:<4.1f} {t['part']:<12} {t['op']}")
 
