@@ -80,19 +80,7 @@ def run_job(job: design.Job, setup: Setup, log: Callable[[str], None] = lambda _
         record.update(result=analyses.parity_table())
     elif job.kind == "cost":
         params = dict(job.params)
-        configs = {
-            norm: dataclasses.replace(
-                design.make_config(
-                    preset,
-                    setup.data_dir,
-                    len(splits.train_x),
-                    dict(arch="default", norm=norm, epochs=1.0),
-                    0,
-                ),
-                train_steps=10**9,
-            )
-            for norm in params["norms"]
-        }
+        configs = cost_configs(preset, setup.data_dir, len(splits.train_x), params["norms"])
         record = records.base(job, preset.name, info)
         record.update(result=analyses.cost(configs, splits, params["rounds"], params["steps"]))
     else:
@@ -109,6 +97,19 @@ def run_job(job: design.Job, setup: Setup, log: Callable[[str], None] = lambda _
     record["threads"] = setup.threads or os.cpu_count()
     records.write_json(records.path(setup.results, preset.name, job.name), record)
     return record
+
+
+def cost_configs(preset: design.Preset, data_dir: str, examples: int, norms) -> dict:
+    """The cost benchmark's Config per norm: the design's CNN at the reference batch and the
+    grid's middle rate (batch norm as every batch-norm run trains), unbounded in steps."""
+    cell = dict(section="cost", arch="default", epochs=1.0, learning_rate=preset.base_lr)
+    return {
+        norm: dataclasses.replace(
+            design.make_config(preset, data_dir, examples, dict(cell, norm=norm), 0),
+            train_steps=10**9,
+        )
+        for norm in norms
+    }
 
 
 def _train(job, setup: Setup, splits, log) -> dict:

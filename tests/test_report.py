@@ -568,6 +568,17 @@ def test_with_several_jobs_at_once_the_cost_benchmark_runs_alone(monkeypatch, tm
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("report_tiny")
+def test_the_cost_benchmark_has_a_config_for_every_norm():
+    """The cost job's configs come from the design's make_config (a cell without a rate or a
+    section failed there with KeyError in a whole tiny suite)."""
+    cost = next(j for j in design.plan(FULL, "", design.TRAIN_EXAMPLES) if j.kind == "cost")
+    norms = dict(cost.params)["norms"]
+    configs = suite.cost_configs(FULL, "", design.TRAIN_EXAMPLES, norms)
+    assert list(configs) == list(norms)
+    for norm, c in configs.items():
+        assert (c.norm, c.batch_size, c.learning_rate) == (norm, 128, FULL.base_lr)
+
+
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny):
     assert any("resumed from" in line and "ckpt-" in line for line in tiny["log"])
     record = records.read_json(records.path(tiny["setup"].results, "tiny", tiny["crash"].name))
