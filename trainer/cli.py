@@ -92,8 +92,9 @@ def parse_flags_or_exit(
 ) -> list[str]:
     """absl's flag parsing, with help that works and clean errors.
 
-    -h, --help, --helpshort, --helpfull: print the usage and exit 0. A bad flag: one line
-    naming it and the help command, exit 2, no trace.
+    -h, --help, --helpshort, --helpfull: print the usage and exit 0. A bad flag, or a word that
+    is no flag (`--augment false`, a path without --model_dir=): one line naming it and the help
+    command, exit 2, no trace.
     """
     if any(arg in HELP_ARGS for arg in argv[1:]):
         try:
@@ -106,10 +107,52 @@ def parse_flags_or_exit(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     try:
-        return flag_values(argv)
+        rest = flag_values(argv)
     except flags.Error as e:
         print(f"{program}: error: {e}\nRun {program} --help for every flag.", file=sys.stderr)
         sys.exit(2)
+    if len(rest) > 1:  # the programs take flags only: a word left over was meant as one
+        print(
+            f"{program}: error: {leftover_message(argv, rest[1], names, flag_values)}\n"
+            f"Run {program} --help for every flag.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    return rest
+
+
+BOOLEAN_WORDS = ("true", "false", "yes", "no", "t", "f", "1", "0")
+
+
+def leftover_message(argv: Sequence[str], word: str, names: Sequence[str], flag_values) -> str:
+    """Why a word that is no flag is refused, and what was meant.
+
+    absl leaves such a word aside, which would silently change the run: `--augment false`
+    sets --augment (true) and drops 'false'; `train.py runs/a` has no --model_dir."""
+
+    def flag_named(arg: str):  # the flag `arg` sets without '=' (--name, --noname), or None
+        name = arg.lstrip("-") if arg.startswith("-") and "=" not in arg else ""
+        if name not in flag_values and name.startswith("no") and name[2:] in flag_values:
+            name = name[2:]
+        return flag_values[name] if name in flag_values else None
+
+    def takes_value(arg: str) -> bool:  # `--name value`: the next word is the flag's value
+        flag = flag_named(arg)
+        return flag is not None and not isinstance(flag, flags.BooleanFlag)
+
+    places = [j for j in range(2, len(argv)) if argv[j] == word and not takes_value(argv[j - 1])]
+    before = argv[places[0] - 1] if places else ""
+    flag = flag_named(before)
+    if isinstance(flag, flags.BooleanFlag) and word.lower() in BOOLEAN_WORDS:
+        name = flag.name
+        return (
+            f"'{before} {word}': a boolean flag takes its value after '=' (--{name}={word}), "
+            f"or is written --{name} for true and --no{name} for false."
+        )
+    hint = next((f" (--{n}={word}?)" for n in ("model_dir", "model_dirs") if n in names), "")
+    return (
+        f"unexpected argument {word!r}{hint}: only flags are taken, each written --name=value."
+    )
 
 
 def run_main(main: Callable[[], int], program: str) -> int:
