@@ -28,7 +28,10 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     if batch_size <= 0:
         raise DatasetError(f"batch_size must be positive, got {batch_size}")
     if batch_size > n:
-        raise DatasetError(f"the batch size {batch_size} is larger than the {n} training examples")
+        raise DatasetError(
+            f"the batch size {batch_size} is larger than the {n} training examples: choose a "
+            "smaller --batch_size (or a smaller --validation_size)."
+        )
     return n // batch_size
 
 

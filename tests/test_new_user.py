@@ -84,3 +84,10 @@ def test_train_py_refuses_a_separate_boolean_value_before_creating_the_run(tmp_p
     assert r.returncode == 2, r.stderr
     assert "'--augment false'" in r.stderr and "Traceback" not in r.stderr
     assert not model_dir.exists()
+
+
+def test_a_batch_larger_than_the_data_names_the_fix():
+    from normlab.data import DatasetError, pipeline
+
+    with pytest.raises(DatasetError, match=r"larger than the 10 training examples: choose a "):
+        pipeline.steps_per_epoch(10, 11)
