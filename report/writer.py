@@ -8,6 +8,7 @@ REPORT.md, byte for byte, on any machine (tests/test_report.py checks the commit
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import shutil
 
@@ -408,8 +409,11 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
     tuning = tables.tuning(tables.Context(p, all_records))
     chosen = tables.chosen_rates(tuning)
     jobs = design.plan(p, "", examples or design.TRAIN_EXAMPLES, chosen)
-    names = {j.name for j in jobs}
-    ctx = tables.Context(p, {k: r for k, r in all_records.items() if k in names})
+    names = {j.name: j for j in jobs}
+    # A record's sections are the plan's: a tuning run trained before the choice says "tune"
+    # only, and is also the chosen rate's cnn run.
+    ctx = tables.Context(p, {k: dict(r, sections=list(names[k].sections))
+                             for k, r in all_records.items() if k in names})  # fmt: skip
     results = claims.evaluate(ctx.records, ctx)
     by_id = {r.claim.id: r for r in results}
     fig_dir = os.path.join(out_dir, FIGURES_DIR)
@@ -434,8 +438,11 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
         for k, v in (cost_record["result"]["ms_per_step"].items() if cost_record else [])
     }
     inside = inside_rows(ctx)
-    bn_rows = [r for r in cnn + lstm if r.norm == "batch"]
-    bn_rows += [r for cs in (batch, lr) for _, r in cs.get("batch", [])]
+    bn_rows = [dataclasses.replace(r, label=f"{arch}, batch norm") for arch, rows in
+               (("CNN", cnn), ("LSTM", lstm)) for r in rows if r.norm == "batch"]
+    bn_rows += [dataclasses.replace(r, label=f"CNN, batch norm, {what} {v:g}")
+                for what, cs in (("batch", batch), ("peak rate", lr))
+                for v, r in cs.get("batch", [])]  # fmt: skip
     f = {
         "cnn": figures.curves(cnn, fig_dir, "cnn.png", "CNN", p.cnn_threshold),
         "lstm": figures.lstm(lstm, fig_dir, p.lstm_threshold),
@@ -444,7 +451,7 @@ def write(preset: design.Preset, results_dir: str, out_dir: str) -> str:
         "inside": figures.inside(inside, fig_dir),
         "cost": figures.cost(cost, fig_dir),
     }
-    missing = len(names - set(all_records))
+    missing = len(set(names) - set(all_records))
     text = _section(
         header(
             ctx, records.sessions(results_dir, p.name), jobs, missing, _shown(results_dir, p.name)
