@@ -584,12 +584,16 @@ def test_the_cost_benchmark_has_a_config_for_every_norm():
         assert (c.norm, c.batch_size, c.learning_rate) == (norm, 128, FULL.base_lr)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_tiny")
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny):
     assert any("resumed from" in line and "ckpt-" in line for line in tiny["log"])
     record = records.read_json(records.path(tiny["setup"].results, "tiny", tiny["crash"].name))
     assert record["steps_trained"] == tiny["crash"].config.train_steps
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_tiny")
 @pytest.mark.slow
 @pytest.mark.xdist_group("report_tiny")
 def test_a_second_session_trains_nothing(tiny):
@@ -609,6 +613,8 @@ def test_a_second_session_trains_nothing(tiny):
     assert before == after
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_tiny")
 @pytest.mark.slow
 @pytest.mark.xdist_group("report_tiny")
 def test_the_report_is_a_pure_function_of_the_records(tiny, tmp_path):
