@@ -211,7 +211,7 @@ def test_eval_reads_a_run_while_it_trains(tmp_path, idx_dir):
             time.sleep(0.2)
         # A second training on the live run is refused, naming the holder.
         r = run("train.py", f"--model_dir={model_dir}")
-        assert r.returncode == 1 and f"in use by another training (pid {train.pid}" in r.stderr
+        assert r.returncode == 2 and f"in use by another training (pid {train.pid}" in r.stderr
         for _ in range(2):  # eval.py while checkpoints keep being written and rotated
             r = run("eval.py", f"--model_dirs={model_dir}")
             assert r.returncode == 0, r.stdout + r.stderr
