@@ -59,6 +59,19 @@ NORMS = {
 }
 
 
+def compiled_batch_norm_cnn(executions: int) -> keras.Model:
+    """Keras' own benchmark CNN with BatchNormalization, compiled as bench.loop and bench.profile
+    compare it with normlab's loop: SGD 0.01 with momentum 0.9, `executions` steps per call."""
+    model = build(keras.layers, "batch")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        steps_per_execution=executions,
+    )
+    return model
+
+
 def build(namespace, norm: str, seed: int = 0) -> keras.Model:
     """The benchmark CNN with the norm layers taken from `namespace` (keras.layers or models)."""
     layer_name, conv_args, dense_args = NORMS[norm]

@@ -140,13 +140,7 @@ class _Clock(keras.callbacks.Callback):
 
 
 def keras_candidate(x, y, batch_size: int, executions: int):
-    model = keras_fit.build(keras.layers, "batch")
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        steps_per_execution=executions,
-    )
+    model = keras_fit.compiled_batch_norm_cnn(executions)
 
     def train(steps: int) -> float:
         n = steps * batch_size

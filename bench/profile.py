@@ -47,7 +47,6 @@ import time
 import normlab  # noqa: F401 - first: it imports TensorFlow quietly (normlab/quiet.py)
 
 # isort: split
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
@@ -216,13 +215,7 @@ def normlab_runner(splits, batch_size: int, steps_per_loop: int, tmp: str, loop:
 
 
 def keras_runner(x, y, batch_size: int, executions: int):
-    model = keras_fit.build(keras.layers, "batch")
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        steps_per_execution=executions,
-    )
+    model = keras_fit.compiled_batch_norm_cnn(executions)
 
     def run(steps: int) -> None:
         n = steps * batch_size
